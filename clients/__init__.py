@@ -1,0 +1,1 @@
+"""tensorgate clients: the typed Python client and the command-line interface."""

@@ -1,0 +1,1 @@
+"""tensorgate model server: configuration, model repository and runtime, gRPC services."""
