@@ -1,0 +1,176 @@
+"""Typed Python client for tensorgate over the generated gRPC stubs.
+
+Tensors travel as raw little-endian bytes both ways: no per-element work in
+Python on either side.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import grpc
+import numpy as np
+from tensorgate.v1 import codec, inference_service_pb2_grpc, model_service_pb2_grpc
+from tensorgate.v1.inference_service_pb2 import PredictRequest, StreamPredictRequest, StreamPredictResponse
+from tensorgate.v1.model_service_pb2 import (
+    GetModelMetadataRequest,
+    GetModelMetadataResponse,
+    GetModelStatusRequest,
+    ListModelsRequest,
+    Model,
+)
+
+MiB = 1024 * 1024
+
+
+class StreamItemError(RuntimeError):
+    """One request of a stream failed on the server; ``code`` is its gRPC status code."""
+
+    def __init__(self, request_id: str, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"request {request_id}: {code.name}: {message}")
+        self.request_id = request_id
+        self.code = code
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class TensorgateClient:
+    """A connection to one tensorgate server (or to Envoy in front of it)."""
+
+    def __init__(self, target: str, timeout_s: float = 30.0, max_message_bytes: int = 64 * MiB) -> None:
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+        )
+        self._inference = inference_service_pb2_grpc.InferenceServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._timeout_s = timeout_s
+        self._input_names: dict[tuple[str, str], str] = {}
+
+    def __enter__(self) -> TensorgateClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def predict(self, model: str, x: np.ndarray, version: str = "", output: str | None = None) -> np.ndarray:
+        """Run a single-input model on the batch ``x``; returns its output (or the named one)."""
+        outputs = self.predict_tensors(
+            model, {self._input_name(model, version): x}, version, [output] if output else ()
+        )
+        return _single(outputs, output)
+
+    def predict_tensors(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        version: str = "",
+        output_filter: Sequence[str] = (),
+    ) -> dict[str, np.ndarray]:
+        """Run a model on named inputs; returns its outputs by name."""
+        request = PredictRequest(model=model, version=version, output_filter=output_filter)
+        for name, array in inputs.items():
+            codec.encode_into(np.asarray(array), request.inputs[name])
+        response = self._inference.Predict(request, timeout=self._timeout_s)
+        return {name: codec.decode(tensor, name) for name, tensor in response.outputs.items()}
+
+    def stream_predict(
+        self,
+        model: str,
+        examples: Iterable[np.ndarray],
+        batch_size: int = 256,
+        version: str = "",
+        output: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Stream single examples through StreamPredict; yields one result per example, in order.
+
+        Examples are grouped into requests of ``batch_size``. Requests are
+        produced lazily as the server reads them, so an endless iterable is
+        fine: memory stays bounded by the server's stream window. A request
+        that fails raises StreamItemError.
+        """
+        input_name = self._input_name(model, version)
+        responses = self.stream_predict_batches(
+            model, ({input_name: batch} for batch in _batches(examples, batch_size)), version, timeout_s
+        )
+        for response in responses:
+            yield from _single(response, output)
+
+    def stream_predict_batches(
+        self,
+        model: str,
+        batches: Iterable[Mapping[str, np.ndarray]],
+        version: str = "",
+        timeout_s: float | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Stream batches of named inputs; yields each batch's outputs by name, in order."""
+
+        def requests() -> Iterator[StreamPredictRequest]:
+            for index, inputs in enumerate(batches):
+                request = StreamPredictRequest(id=str(index), model=model, version=version)
+                for name, array in inputs.items():
+                    codec.encode_into(np.asarray(array), request.inputs[name])
+                yield request
+
+        call = self._inference.StreamPredict(requests(), timeout=timeout_s)
+        try:
+            for response in call:
+                yield _outputs_of(response)
+        finally:
+            call.cancel()
+
+    def list_models(self) -> list[Model]:
+        """Every model of the server with its versions' states."""
+        return list(self._models.ListModels(ListModelsRequest(), timeout=self._timeout_s).models)
+
+    def model_status(self, model: str, version: str = "") -> Model:
+        """The state of a model's versions (or of one version)."""
+        request = GetModelStatusRequest(model=model, version=version)
+        return self._models.GetModelStatus(request, timeout=self._timeout_s).model
+
+    def model_metadata(self, model: str, version: str = "") -> GetModelMetadataResponse:
+        """The serving signature of a model version."""
+        request = GetModelMetadataRequest(model=model, version=version)
+        return self._models.GetModelMetadata(request, timeout=self._timeout_s)
+
+    def _input_name(self, model: str, version: str) -> str:
+        key = (model, version)
+        if key not in self._input_names:
+            inputs = self.model_metadata(model, version).inputs
+            if len(inputs) != 1:
+                names = [spec.name for spec in inputs]
+                raise ValueError(f"model {model!r} takes {len(inputs)} inputs {names}; use predict_tensors")
+            self._input_names[key] = inputs[0].name
+        return self._input_names[key]
+
+
+def _batches(examples: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    iterator = iter(examples)
+    while chunk := list(itertools.islice(iterator, batch_size)):
+        yield np.stack(chunk)
+
+
+def _outputs_of(response: StreamPredictResponse) -> dict[str, np.ndarray]:
+    if response.HasField("error"):
+        raise StreamItemError(
+            response.id, _CODES.get(response.error.code, grpc.StatusCode.UNKNOWN), response.error.message
+        )
+    return {name: codec.decode(tensor, name) for name, tensor in response.outputs.items()}
+
+
+def _single(outputs: dict[str, np.ndarray], name: str | None) -> np.ndarray:
+    if name is not None:
+        return outputs[name]
+    if len(outputs) != 1:
+        raise ValueError(f"the model returns {sorted(outputs)}; name one with output=")
+    return next(iter(outputs.values()))

@@ -1,0 +1,96 @@
+"""The server process: wires configuration, registry, loader and gRPC services, and shuts down cleanly.
+
+Start-up: the port opens at once with health NOT_SERVING, models load in the
+background, then health turns SERVING. Shutdown on SIGTERM or SIGINT follows
+grpcio-health-checking's order: report NOT_SERVING, stop taking calls and let
+in-flight ones finish (``shutdown_grace_s``), then release the model workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from tensorgate.server.config import ServerConfig
+from tensorgate.server.dataplane import DataPlane
+from tensorgate.server.grpc_services import (
+    INFERENCE_SERVICE,
+    MODEL_SERVICE,
+    InferenceServicer,
+    ModelServicer,
+    generic_handlers,
+)
+from tensorgate.server.loader import load_repository
+from tensorgate.server.registry import ModelRegistry
+from tensorgate.server.validation import Limits
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+OVERALL = ""
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run the server until SIGTERM or SIGINT, then drain and return."""
+    registry = ModelRegistry()
+    executor = ThreadPoolExecutor(config.model_workers, thread_name_prefix="model")
+    limits = Limits(config.max_examples_per_request, config.max_tensor_elements, config.reject_non_finite)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    server.add_generic_rpc_handlers(
+        generic_handlers(
+            InferenceServicer(DataPlane(registry, executor, limits), config.stream_window), ModelServicer(registry)
+        )
+    )
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for service in (OVERALL, INFERENCE_SERVICE):
+        await health.set(service, NOT_SERVING)
+    await health.set(MODEL_SERVICE, SERVING)
+    health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    reflection.enable_server_reflection(
+        [INFERENCE_SERVICE, MODEL_SERVICE, health_service, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    await server.start()
+    log.info("listening", extra={"fields": {"address": f"{config.host}:{port}"}})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    loading = asyncio.create_task(
+        asyncio.to_thread(load_repository, config.model_repository, registry, config.signature_name)
+    )
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done():
+        loading.result()
+        await health.set(INFERENCE_SERVICE, SERVING if registry.has_available() else NOT_SERVING)
+        await health.set(OVERALL, SERVING)
+        log.info("serving", extra={"fields": {"models": registry.model_names()}})
+    await stopping
+
+    log.info("shutting down", extra={"fields": {"grace_s": config.shutdown_grace_s}})
+    await health.enter_graceful_shutdown()
+    await server.stop(config.shutdown_grace_s)
+    executor.shutdown(wait=True, cancel_futures=True)
+    log.info("stopped")
+
+
+def run(config: ServerConfig) -> None:
+    """Blocking entry point used by ``tensorgate serve``."""
+    asyncio.run(serve(config))

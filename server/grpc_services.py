@@ -1,0 +1,261 @@
+"""gRPC servicers for tensorgate.v1: protobuf in, DataPlane call, protobuf out.
+
+Requests arrive as raw bytes and are parsed here, so that undecodable bytes
+get INVALID_ARGUMENT (grpcio's own deserializer would answer INTERNAL). Domain
+errors become gRPC status codes in one place: ``_unary`` for unary calls, and
+a per-message ``error`` in StreamPredict responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf.message import DecodeError, Message
+from google.rpc import status_pb2
+from tensorgate.server.dataplane import DataPlane, Prediction
+from tensorgate.server.errors import InvalidArgumentError, ServingError
+from tensorgate.server.registry import ModelRegistry, ModelVersion, VersionState
+from tensorgate.server.signature import TensorInfo
+from tensorgate.v1 import codec, inference_service_pb2, model_service_pb2, tensor_pb2
+from tensorgate.v1.inference_service_pb2 import (
+    PredictRequest,
+    PredictResponse,
+    StreamPredictRequest,
+    StreamPredictResponse,
+)
+from tensorgate.v1.model_service_pb2 import (
+    GetModelMetadataRequest,
+    GetModelMetadataResponse,
+    GetModelStatusRequest,
+    GetModelStatusResponse,
+    ListModelsRequest,
+    ListModelsResponse,
+    ModelVersionState,
+)
+
+log = logging.getLogger(__name__)
+
+INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+
+M = TypeVar("M", bound=Message)
+Handler = Callable[[object, bytes, grpc.aio.ServicerContext], Awaitable[Message]]
+
+_STATES = {
+    VersionState.LOADING: ModelVersionState.MODEL_VERSION_STATE_LOADING,
+    VersionState.AVAILABLE: ModelVersionState.MODEL_VERSION_STATE_AVAILABLE,
+    VersionState.FAILED: ModelVersionState.MODEL_VERSION_STATE_FAILED,
+    VersionState.UNLOADING: ModelVersionState.MODEL_VERSION_STATE_UNLOADING,
+}
+
+
+def _parse(message_type: type[M], data: bytes) -> M:
+    try:
+        return message_type.FromString(data)
+    except DecodeError as exc:
+        raise InvalidArgumentError(f"request is not a valid {message_type.DESCRIPTOR.full_name}: {exc}") from None
+
+
+def _unary(handler: Handler) -> Handler:
+    """Turn ServingError into its gRPC status and anything unexpected into INTERNAL."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: object, request: bytes, context: grpc.aio.ServicerContext) -> Message:
+        try:
+            return await handler(self, request, context)
+        except ServingError as exc:
+            await context.abort(exc.code, str(exc))
+        except Exception:
+            log.exception("unexpected error in %s", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+        raise AssertionError("context.abort always raises")
+
+    return wrapper
+
+
+def _decode_inputs(tensors: Mapping[str, tensor_pb2.Tensor]) -> tuple[dict[str, np.ndarray], bool]:
+    """Decoded inputs, and whether every one arrived as raw bytes (then outputs go back raw too)."""
+    try:
+        inputs = {name: codec.decode(tensor, f"input {name!r}") for name, tensor in tensors.items()}
+    except codec.TensorCodecError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    raw = bool(tensors) and all(tensor.raw_contents for tensor in tensors.values())
+    return inputs, raw
+
+
+def _fill_outputs(target: Mapping[str, tensor_pb2.Tensor], prediction: Prediction, raw: bool) -> None:
+    for name, array in prediction.outputs.items():
+        codec.encode_into(array, target[name], raw)
+
+
+def _status(exc: ServingError) -> status_pb2.Status:
+    return status_pb2.Status(code=exc.code.value[0], message=str(exc))
+
+
+class InferenceServicer:
+    """tensorgate.v1.InferenceService."""
+
+    def __init__(self, dataplane: DataPlane, stream_window: int) -> None:
+        self._dataplane = dataplane
+        self._stream_window = stream_window
+
+    @_unary
+    async def predict(self, data: bytes, context: grpc.aio.ServicerContext) -> PredictResponse:
+        request = _parse(PredictRequest, data)
+        inputs, raw = _decode_inputs(request.inputs)
+        prediction = await self._dataplane.predict(
+            request.model, request.version, inputs, request.output_filter, context.time_remaining()
+        )
+        response = PredictResponse(model=prediction.model, version=str(prediction.version))
+        _fill_outputs(response.outputs, prediction, raw)
+        return response
+
+    async def stream_predict(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[StreamPredictResponse]:
+        """Answer each request in arrival order, with at most ``stream_window`` in flight.
+
+        A reader task takes requests while a slot is free and starts each one;
+        this generator writes the answers in order and frees a slot only once
+        its answer is written. When the model or the client's reading falls
+        behind, the reader stops and HTTP/2 flow control slows the sender.
+        """
+        slots = asyncio.Semaphore(self._stream_window)
+        started: asyncio.Queue[asyncio.Task[StreamPredictResponse] | None] = asyncio.Queue()
+
+        async def read_requests() -> None:
+            try:
+                async for data in requests:
+                    await slots.acquire()
+                    started.put_nowait(asyncio.create_task(self._answer(data, context)))
+            finally:
+                started.put_nowait(None)
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while (task := await started.get()) is not None:
+                yield await task
+                slots.release()
+            await reader
+        finally:
+            reader.cancel()
+            while not started.empty():
+                if (task := started.get_nowait()) is not None:
+                    task.cancel()
+
+    async def _answer(self, data: bytes, context: grpc.aio.ServicerContext) -> StreamPredictResponse:
+        try:
+            request = _parse(StreamPredictRequest, data)
+        except ServingError as exc:
+            return StreamPredictResponse(error=_status(exc))
+        response = StreamPredictResponse(id=request.id, model=request.model)
+        try:
+            inputs, raw = _decode_inputs(request.inputs)
+            prediction = await self._dataplane.predict(
+                request.model, request.version, inputs, request.output_filter, context.time_remaining()
+            )
+        except ServingError as exc:
+            response.error.CopyFrom(_status(exc))
+            return response
+        except Exception:
+            log.exception("unexpected error in a StreamPredict request", extra={"fields": {"id": request.id}})
+            response.error.CopyFrom(status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message="internal error"))
+            return response
+        response.version = str(prediction.version)
+        _fill_outputs(response.outputs, prediction, raw)
+        return response
+
+
+def _spec(info: TensorInfo) -> tensor_pb2.TensorSpec:
+    return tensor_pb2.TensorSpec(
+        name=info.name, dtype=info.dtype, shape=info.shape or (), unknown_rank=info.shape is None
+    )
+
+
+def _version_status(version: ModelVersion) -> model_service_pb2.ModelVersionStatus:
+    return model_service_pb2.ModelVersionStatus(
+        version=str(version.version),
+        state=_STATES[version.state],
+        error=version.error,
+        device=version.servable.device if version.servable else "",
+    )
+
+
+class ModelServicer:
+    """tensorgate.v1.ModelService."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    @_unary
+    async def list_models(self, data: bytes, context: grpc.aio.ServicerContext) -> ListModelsResponse:
+        _parse(ListModelsRequest, data)
+        return ListModelsResponse(
+            models=[
+                model_service_pb2.Model(name=name, versions=[_version_status(v) for v in self._registry.versions(name)])
+                for name in self._registry.model_names()
+            ]
+        )
+
+    @_unary
+    async def get_model_status(self, data: bytes, context: grpc.aio.ServicerContext) -> GetModelStatusResponse:
+        request = _parse(GetModelStatusRequest, data)
+        if not request.model:
+            raise InvalidArgumentError("model is required")
+        if request.version:
+            versions = [self._registry.find(request.model, request.version)]
+        else:
+            versions = self._registry.versions(request.model)
+        model = model_service_pb2.Model(name=request.model, versions=[_version_status(v) for v in versions])
+        return GetModelStatusResponse(model=model)
+
+    @_unary
+    async def get_model_metadata(self, data: bytes, context: grpc.aio.ServicerContext) -> GetModelMetadataResponse:
+        request = _parse(GetModelMetadataRequest, data)
+        version = self._registry.resolve(request.model, request.version)
+        assert version.servable is not None
+        signature = version.servable.signature
+        return GetModelMetadataResponse(
+            model=version.model,
+            version=str(version.version),
+            signature_name=signature.name,
+            inputs=[_spec(info) for info in signature.inputs.values()],
+            outputs=[_spec(info) for info in signature.outputs.values()],
+        )
+
+
+def generic_handlers(inference: InferenceServicer, models: ModelServicer) -> list[grpc.GenericRpcHandler]:
+    """Method handlers for both services; requests stay bytes until the servicer parses them."""
+    return [
+        grpc.method_handlers_generic_handler(
+            INFERENCE_SERVICE,
+            {
+                "Predict": grpc.unary_unary_rpc_method_handler(
+                    inference.predict, response_serializer=PredictResponse.SerializeToString
+                ),
+                "StreamPredict": grpc.stream_stream_rpc_method_handler(
+                    inference.stream_predict, response_serializer=StreamPredictResponse.SerializeToString
+                ),
+            },
+        ),
+        grpc.method_handlers_generic_handler(
+            MODEL_SERVICE,
+            {
+                "ListModels": grpc.unary_unary_rpc_method_handler(
+                    models.list_models, response_serializer=ListModelsResponse.SerializeToString
+                ),
+                "GetModelStatus": grpc.unary_unary_rpc_method_handler(
+                    models.get_model_status, response_serializer=GetModelStatusResponse.SerializeToString
+                ),
+                "GetModelMetadata": grpc.unary_unary_rpc_method_handler(
+                    models.get_model_metadata, response_serializer=GetModelMetadataResponse.SerializeToString
+                ),
+            },
+        ),
+    ]

@@ -1,0 +1,52 @@
+"""The loader: turns version directories of the repository into servables in the registry.
+
+Policy: each model serves the newest version that loads and warms up. A
+version that fails is recorded as FAILED with the reason, and the next older
+version is tried, so that a broken upload never takes a model offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from tensorgate.server.registry import ModelRegistry, ModelVersion, VersionState
+from tensorgate.server.repository import VersionPath, scan_repository
+from tensorgate.server.runtime import ModelLoadError, SavedModelRuntime
+
+log = logging.getLogger(__name__)
+
+
+def load_version(version: VersionPath, signature_name: str) -> SavedModelRuntime:
+    """Load and warm up one version. Raises ModelLoadError with the reason."""
+    runtime = SavedModelRuntime(version.path, signature_name)
+    runtime.warm_up()
+    return runtime
+
+
+def load_repository(root: Path, registry: ModelRegistry, signature_name: str) -> None:
+    """Load every model of the repository under the newest-that-loads policy."""
+    for model, versions in scan_repository(root).items():
+        registry.add_model(model)
+        if not versions:
+            log.warning("model has no complete version", extra={"fields": {"model": model}})
+        for version in reversed(versions):
+            if _load_into(registry, version, signature_name):
+                break
+
+
+def _load_into(registry: ModelRegistry, version: VersionPath, signature_name: str) -> bool:
+    fields = {"model": version.model, "version": version.version, "path": str(version.path)}
+    registry.put(ModelVersion(version.model, version.version, version.path, VersionState.LOADING))
+    started = time.monotonic()
+    try:
+        runtime = load_version(version, signature_name)
+    except ModelLoadError as exc:
+        registry.put(ModelVersion(version.model, version.version, version.path, VersionState.FAILED, error=str(exc)))
+        log.error("model version failed to load", extra={"fields": {**fields, "error": str(exc)}})
+        return False
+    registry.put(ModelVersion(version.model, version.version, version.path, VersionState.AVAILABLE, servable=runtime))
+    seconds = round(time.monotonic() - started, 3)
+    log.info("model version available", extra={"fields": {**fields, "device": runtime.device, "seconds": seconds}})
+    return True

@@ -1,0 +1,132 @@
+"""The registry: which model versions exist in the server and in what state.
+
+It answers "which servable handles this request" and nothing else; the loader
+decides what to load. Readers get a consistent snapshot under a lock, and a
+version becomes visible to requests only once it is AVAILABLE.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from tensorgate.server.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from tensorgate.server.signature import Signature
+
+
+class Servable(Protocol):
+    """What the serving path needs from a loaded model version."""
+
+    signature: Signature
+    device: str
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class VersionState(enum.Enum):
+    """Lifecycle of a model version, as reported by ModelService."""
+
+    LOADING = "loading"
+    AVAILABLE = "available"
+    FAILED = "failed"
+    UNLOADING = "unloading"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """An immutable snapshot of one version; state changes replace it in the registry."""
+
+    model: str
+    version: int
+    path: Path
+    state: VersionState
+    error: str = ""
+    servable: Servable | None = None
+
+
+class ModelRegistry:
+    """Model name → version number → ModelVersion, safe to use from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._models: dict[str, dict[int, ModelVersion]] = {}
+
+    def add_model(self, model: str) -> None:
+        """Make a model known, even before any of its versions loads."""
+        with self._lock:
+            self._models.setdefault(model, {})
+
+    def put(self, version: ModelVersion) -> None:
+        """Insert or replace one version (a state change)."""
+        with self._lock:
+            self._models.setdefault(version.model, {})[version.version] = version
+
+    def model_names(self) -> list[str]:
+        """Every known model, sorted."""
+        with self._lock:
+            return sorted(self._models)
+
+    def versions(self, model: str) -> list[ModelVersion]:
+        """Every version of ``model``, newest first. NOT_FOUND for an unknown model."""
+        with self._lock:
+            versions = self._models.get(model)
+            if versions is None:
+                raise NotFoundError(self._unknown_model_message(model))
+            return sorted(versions.values(), key=lambda v: v.version, reverse=True)
+
+    def has_available(self) -> bool:
+        """True when at least one version of any model can serve."""
+        with self._lock:
+            return any(v.state is VersionState.AVAILABLE for vs in self._models.values() for v in vs.values())
+
+    def find(self, model: str, version: str) -> ModelVersion:
+        """The named version in any state. NOT_FOUND when it is unknown."""
+        number = parse_version(version)
+        for candidate in self.versions(model):
+            if candidate.version == number:
+                return candidate
+        raise NotFoundError(f"model {model!r} has no version {number}; known versions: {self._known(model)}")
+
+    def resolve(self, model: str, version: str) -> ModelVersion:
+        """The version that serves a request: the named one, or the newest AVAILABLE one for "".
+
+        NOT_FOUND for an unknown model or version, UNAVAILABLE when the version
+        (or, for "", every version) is not AVAILABLE, with the reason.
+        """
+        if not model:
+            raise InvalidArgumentError("model is required")
+        if version:
+            found = self.find(model, version)
+            if found.state is not VersionState.AVAILABLE:
+                raise UnavailableError(f"model {model!r} version {found.version} is {_state_text(found)}")
+            return found
+        versions = self.versions(model)
+        for candidate in versions:
+            if candidate.state is VersionState.AVAILABLE:
+                return candidate
+        detail = "; ".join(f"version {v.version} is {_state_text(v)}" for v in versions) or "no version on disk"
+        raise UnavailableError(f"model {model!r} has no available version: {detail}")
+
+    def _known(self, model: str) -> str:
+        return ", ".join(str(v.version) for v in self.versions(model)) or "none"
+
+    def _unknown_model_message(self, model: str) -> str:
+        known = ", ".join(sorted(self._models)) or "none"
+        return f"model {model!r} not found; models: {known}"
+
+
+def parse_version(version: str) -> int:
+    """A version number from its text form. INVALID_ARGUMENT unless it is a positive integer."""
+    if not version.isdigit() or int(version) == 0:
+        raise InvalidArgumentError(f"version must be a positive integer, got {version!r}")
+    return int(version)
+
+
+def _state_text(version: ModelVersion) -> str:
+    if version.state is VersionState.FAILED:
+        return f"failed: {version.error}"
+    return version.state.value

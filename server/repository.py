@@ -1,0 +1,52 @@
+"""The model repository on disk: ``<root>/<model>/<version>/`` with a SavedModel in each version.
+
+This module only says *what* is there; loading is the loader's job.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+
+@dataclass(frozen=True)
+class VersionPath:
+    """One version directory of one model."""
+
+    model: str
+    version: int
+    path: Path
+
+
+def is_complete(path: Path) -> bool:
+    """A version directory counts once its SavedModel graph file exists.
+
+    Writers should build a version in a hidden directory and rename it into
+    place (``tensorgate train`` does); hidden directories are never scanned.
+    """
+    return any((path / name).is_file() for name in SAVED_MODEL_FILES)
+
+
+def scan_repository(root: Path) -> dict[str, list[VersionPath]]:
+    """Every model directory of ``root`` with its complete versions, oldest first.
+
+    Raises FileNotFoundError when ``root`` is not a directory. Directories whose
+    names are not valid model names or positive version numbers are skipped.
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"model repository {root} is not a directory")
+    models: dict[str, list[VersionPath]] = {}
+    for model_dir in sorted(root.iterdir()):
+        if not model_dir.is_dir() or not MODEL_NAME.match(model_dir.name):
+            continue
+        versions = [
+            VersionPath(model_dir.name, int(child.name), child)
+            for child in model_dir.iterdir()
+            if child.is_dir() and child.name.isdigit() and int(child.name) > 0 and is_complete(child)
+        ]
+        models[model_dir.name] = sorted(versions, key=lambda v: v.version)
+    return models
