@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
+
 from tensorgate.v1 import codec, inference_service_pb2_grpc, model_service_pb2_grpc
 from tensorgate.v1.inference_service_pb2 import PredictRequest, StreamPredictRequest, StreamPredictResponse
 from tensorgate.v1.model_service_pb2 import (

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+
 from tensorgate.server.config import ServerConfig
 from tensorgate.server.dataplane import DataPlane
 from tensorgate.server.grpc_services import (

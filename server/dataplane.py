@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
 from tensorgate.server.errors import DeadlineExceededError
 from tensorgate.server.registry import ModelRegistry, ModelVersion, Servable
 from tensorgate.server.validation import Limits, validate_inputs, validate_output_filter

@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
+
 from tensorgate.server.dataplane import DataPlane, Prediction
 from tensorgate.server.errors import InvalidArgumentError, ServingError
 from tensorgate.server.registry import ModelRegistry, ModelVersion, VersionState
@@ -138,16 +139,26 @@ class InferenceServicer:
                 started.put_nowait(None)
 
         reader = asyncio.create_task(read_requests())
+        answered, outcome = 0, "completed"
         try:
             while (task := await started.get()) is not None:
                 yield await task
+                answered += 1
                 slots.release()
             await reader
+        except (asyncio.CancelledError, GeneratorExit):
+            # grpc cancels the handler or closes this generator when the client cancels, its deadline
+            # passes, or the server stops: the finally clause below releases the stream's work.
+            outcome = "cancelled"
+            raise
         finally:
             reader.cancel()
             while not started.empty():
                 if (task := started.get_nowait()) is not None:
                     task.cancel()
+            log.info(
+                "stream closed", extra={"fields": {"method": "StreamPredict", "answered": answered, "outcome": outcome}}
+            )
 
     async def _answer(self, data: bytes, context: grpc.aio.ServicerContext) -> StreamPredictResponse:
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
 from tensorgate.server.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from tensorgate.server.signature import Signature
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+
 from tensorgate.server.signature import Signature, TensorInfo
 from tensorgate.v1 import codec
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from tensorgate.server.errors import InvalidArgumentError
 from tensorgate.server.signature import Signature, TensorInfo
 from tensorgate.v1 import codec

@@ -12,6 +12,7 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
+
 from tensorgate.v1.tensor_pb2 import DataType, Tensor
 
 

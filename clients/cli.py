@@ -1,0 +1,241 @@
+"""The ``tensorgate`` command: serve, train, predict, classify, models."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+import numpy as np
+from tqdm import tqdm
+
+from tensorgate.clients.client import TensorgateClient
+from tensorgate.clients.datasets import DEFAULT_CACHE_DIR, Examples, load_examples, to_model_input
+from tensorgate.v1 import codec
+from tensorgate.v1.model_service_pb2 import GetModelMetadataResponse, Model, ModelVersionState
+
+DEFAULT_TARGET = "127.0.0.1:8500"
+REFERENCE_MODEL = "mnist"
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ServerConfig field, documented by the field itself."""
+    from tensorgate.server.config import ServerConfig
+
+    for name, field in ServerConfig.model_fields.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=field.description)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tensorgate", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gRPC model server")
+    serve.add_argument("--config", type=Path, help="TOML configuration file (flags > TENSORGATE_* env > file)")
+    serve.add_argument(
+        "--train-if-empty",
+        action="store_true",
+        help=f"train the reference MNIST model into <repository>/{REFERENCE_MODEL} when the repository has no model",
+    )
+    _add_config_flags(serve)
+
+    train = commands.add_parser("train", help="train the reference MNIST model and export the next version")
+    train.add_argument("--repository", type=Path, default=Path("models"), help="model repository root")
+    train.add_argument("--model", default=REFERENCE_MODEL, help="model name (directory in the repository)")
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="where the MNIST wheel is kept")
+
+    predict = commands.add_parser("predict", help="classify one image (PNG, JPEG) or .npy file")
+    predict.add_argument("file", type=Path)
+    predict.add_argument("--model", default=REFERENCE_MODEL)
+    predict.add_argument("--version", default="")
+    _add_target(predict)
+
+    classify = commands.add_parser("classify", help="bulk-classify over StreamPredict")
+    classify.add_argument("source", help="a directory of images, an .npy/.npz file, or 'mnist-test'")
+    classify.add_argument("--output", type=Path, help="results file, .csv or .jsonl (default: stdout as CSV)")
+    classify.add_argument("--model", default=REFERENCE_MODEL)
+    classify.add_argument("--version", default="")
+    classify.add_argument("--batch-size", type=int, default=256, help="examples per stream message")
+    classify.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
+    _add_target(classify)
+
+    models = commands.add_parser("models", help="list models, or show one model's status and signature")
+    models.add_argument("model", nargs="?")
+    _add_target(models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ logs out of the JSON log
+    args = build_parser().parse_args(argv)
+    try:
+        return int(_COMMANDS[args.command](args) or 0)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tensorgate.server.app import run
+    from tensorgate.server.config import ServerConfig, load_config
+    from tensorgate.server.json_logging import setup_logging
+
+    flags = {name: getattr(args, name) for name in ServerConfig.model_fields}
+    config = load_config(args.config, flags)
+    setup_logging(config.log_level)
+    repository = config.model_repository
+    if args.train_if_empty and not (repository.is_dir() and any(p.is_dir() for p in repository.iterdir())):
+        from tensorgate.server.training import train_mnist
+
+        train_mnist(repository, REFERENCE_MODEL)
+    if not repository.is_dir():
+        raise FileNotFoundError(f"model repository {repository} does not exist (use --train-if-empty to create one)")
+    run(config)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import logging
+
+    from tensorgate.server.training import train_mnist
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = train_mnist(args.repository, args.model, epochs=args.epochs, seed=args.seed, cache_dir=args.cache_dir)
+    print(f"test accuracy: {result.test_accuracy:.4f}")
+    print(f"exported {args.model} version {result.version} to {result.path} ({result.train_seconds:.1f} s training)")
+    return 0
+
+
+def _model_input(client: TensorgateClient, model: str, version: str) -> tuple[GetModelMetadataResponse, str, np.dtype]:
+    metadata = client.model_metadata(model, version)
+    if len(metadata.inputs) != 1:
+        raise ValueError(f"model {model!r} takes {len(metadata.inputs)} inputs; predict and classify need one")
+    spec = metadata.inputs[0]
+    return metadata, spec.name, codec.numpy_dtype(spec.dtype)
+
+
+def _as_batch(x: np.ndarray, rank: int | None) -> np.ndarray:
+    """Add the batch axis to a single example (an image, or an .npy holding one example)."""
+    return x[np.newaxis] if rank is not None and x.ndim == rank - 1 else x
+
+
+def _predict(args: argparse.Namespace) -> int:
+    examples = load_examples(args.file)
+    with TensorgateClient(args.target, timeout_s=args.timeout) as client:
+        metadata, input_name, dtype = _model_input(client, args.model, args.version)
+        spec = metadata.inputs[0]
+        x = _as_batch(to_model_input(examples.x, dtype), None if spec.unknown_rank else len(spec.shape))
+        outputs = client.predict_tensors(args.model, {input_name: x}, args.version)
+    for name, value in outputs.items():
+        if value.ndim == 2 and value.dtype.kind == "f":
+            for row, probabilities in enumerate(value):
+                print(f"{name}[{row}]: class {int(probabilities.argmax())}")
+                print("  probabilities: " + " ".join(f"{i}:{p:.4f}" for i, p in enumerate(probabilities)))
+        else:
+            print(f"{name}: {value.tolist()}")
+    return 0
+
+
+def _classify(args: argparse.Namespace) -> int:
+    examples = load_examples(args.source, cache_dir=args.cache_dir)
+    started = time.monotonic()
+    with TensorgateClient(args.target, timeout_s=args.timeout) as client:
+        _, input_name, dtype = _model_input(client, args.model, args.version)
+        x = to_model_input(examples.x, dtype)
+        batches = ({input_name: x[i : i + args.batch_size]} for i in range(0, len(x), args.batch_size))
+        results = client.stream_predict_batches(args.model, batches, args.version)
+        out: TextIO = args.output.open("w", newline="") if args.output else sys.stdout
+        try:
+            correct = _write_results(results, examples, out, args.output, len(x))
+        finally:
+            if args.output:
+                out.close()
+    seconds = time.monotonic() - started
+    summary = f"classified {len(x)} examples in {seconds:.1f} s ({len(x) / seconds:.0f}/s)"
+    if examples.labels is not None:
+        summary += f"; accuracy {correct / len(x):.4f}"
+    print(summary, file=sys.stderr)
+    return 0
+
+
+def _write_results(
+    results: Iterator[dict[str, np.ndarray]], examples: Examples, out: TextIO, path: Path | None, total: int
+) -> int:
+    """Write one row per example; return how many match their label."""
+    jsonl = path is not None and path.suffix == ".jsonl"
+    fields = ["name", "class", "probability"] + (["label"] if examples.labels is not None else [])
+    writer = None if jsonl else csv.writer(out)
+    if writer:
+        writer.writerow(fields)
+    correct = index = 0
+    with tqdm(total=total, unit="ex", file=sys.stderr, disable=not sys.stderr.isatty()) as progress:
+        for outputs in results:
+            if len(outputs) != 1:
+                raise ValueError(f"classify needs a model with one output, got {sorted(outputs)}")
+            probabilities = next(iter(outputs.values()))
+            classes = probabilities.argmax(axis=1)
+            for row, cls in enumerate(classes):
+                values: list[Any] = [examples.names[index], int(cls), round(float(probabilities[row, cls]), 6)]
+                if examples.labels is not None:
+                    label = int(examples.labels[index])
+                    values.append(label)
+                    correct += int(cls == label)
+                if writer:
+                    writer.writerow(values)
+                else:
+                    out.write(json.dumps(dict(zip(fields, values, strict=True))) + "\n")
+                index += 1
+            progress.update(len(classes))
+    return correct
+
+
+def _state_name(state: int) -> str:
+    return ModelVersionState.Name(state).removeprefix("MODEL_VERSION_STATE_").lower()
+
+
+def _print_model(model: Model) -> None:
+    print(model.name)
+    for version in model.versions:
+        line = f"  version {version.version}: {_state_name(version.state)}"
+        line += f" on {version.device}" if version.device else ""
+        line += f" ({version.error})" if version.error else ""
+        print(line)
+
+
+def _models(args: argparse.Namespace) -> int:
+    with TensorgateClient(args.target, timeout_s=args.timeout) as client:
+        if args.model is None:
+            for model in client.list_models():
+                _print_model(model)
+            return 0
+        _print_model(client.model_status(args.model))
+        metadata = client.model_metadata(args.model)
+    print(f"  signature {metadata.signature_name!r} of version {metadata.version}:")
+    for kind, specs in (("input", metadata.inputs), ("output", metadata.outputs)):
+        for spec in specs:
+            shape = "any rank" if spec.unknown_rank else list(spec.shape)
+            print(f"    {kind} {spec.name}: {codec.dtype_name(spec.dtype)} {shape}")
+    return 0
+
+
+_COMMANDS = {"serve": _serve, "train": _train, "predict": _predict, "classify": _classify, "models": _models}
+
+if __name__ == "__main__":
+    sys.exit(main())

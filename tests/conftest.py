@@ -1,0 +1,148 @@
+"""Shared fixtures: a model repository built for real (MNIST trained by the `train` command, a
+second multi-input model, a broken version) and a real server process on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tensorgate.clients.client import TensorgateClient
+from tensorgate.clients.datasets import MnistData, load_mnist
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "tensorgate.clients.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_scorer_model(path: Path) -> None:
+    """A non-MNIST SavedModel: three inputs of other dtypes and shapes, four outputs."""
+    import tensorflow as tf
+
+    class Scorer(tf.Module):
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, 3], tf.float64, name="features"),
+                tf.TensorSpec([None], tf.string, name="tag"),
+                tf.TensorSpec([None, 2], tf.int32, name="counts"),
+            ]
+        )
+        def serve(self, features: tf.Tensor, tag: tf.Tensor, counts: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {
+                "scaled": features * 2.0,
+                "tag_length": tf.strings.length(tag),
+                "total": tf.cast(tf.reduce_sum(counts, axis=1), tf.int64),
+                "positive": features[:, 0] > 0,
+            }
+
+    module = Scorer()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+@dataclass
+class ServerProcess:
+    """A tensorgate server running as a child process."""
+
+    process: subprocess.Popen[bytes]
+    target: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, timeout_s: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout_s)
+
+
+def wait_until_serving(target: str, process: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode} before serving")
+            try:
+                if (
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"server at {target} not SERVING after {timeout_s} s")
+
+
+def start_server(repository: Path, log_path: Path, *extra: str) -> ServerProcess:
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*CLI, "serve", "--model-repository", str(repository), "--port", str(port), *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    server = ServerProcess(process, f"127.0.0.1:{port}", log_path)
+    try:
+        wait_until_serving(server.target, process)
+    except Exception:
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"server did not start; log:\n{server.log()}") from None
+    return server
+
+
+@pytest.fixture(scope="session")
+def mnist() -> MnistData:
+    return load_mnist()
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mnist/1 trained by `tensorgate train`, scorer/1, broken/1 (corrupt), and empty/ (no version)."""
+    root = tmp_path_factory.mktemp("repository")
+    result = subprocess.run([*CLI, "train", "--repository", str(root)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    print(result.stdout)
+    build_scorer_model(root / "scorer" / "1")
+    (root / "broken" / "1").mkdir(parents=True)
+    (root / "broken" / "1" / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+    (root / "empty").mkdir()
+    return root
+
+
+@pytest.fixture(scope="session")
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_server(repository, tmp_path_factory.mktemp("server") / "server.log")
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+@pytest.fixture()
+def client(server: ServerProcess) -> Iterator[TensorgateClient]:
+    with TensorgateClient(server.target) as client:
+        yield client
+
+
+def mnist_inputs(images: np.ndarray) -> np.ndarray:
+    """Test images as the reference model takes them: float32 in [0, 1]."""
+    return (images / 255.0).astype(np.float32)

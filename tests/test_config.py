@@ -1,0 +1,40 @@
+"""Configuration precedence: defaults < TOML file < TENSORGATE_* environment < flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tensorgate.server.config import ConfigError, ServerConfig, load_config
+
+
+def test_defaults_work_on_a_laptop() -> None:
+    config = load_config(environ={})
+    assert config == ServerConfig()
+    assert (config.host, config.port, config.model_repository) == ("127.0.0.1", 8500, Path("models"))
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    file = tmp_path / "tensorgate.toml"
+    file.write_text('port = 9000\nmodel_workers = 3\nlog_level = "DEBUG"\nstream_window = 4\n')
+    environ = {"TENSORGATE_PORT": "9100", "TENSORGATE_MODEL_WORKERS": "5", "HOME": "/root"}
+    config = load_config(file, {"port": "9200", "host": None}, environ)
+    assert (config.port, config.model_workers, config.log_level, config.stream_window) == (9200, 5, "DEBUG", 4)
+    assert config.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("file_text", "environ", "message"),
+    [
+        ("port = 70000\n", {}, "port"),
+        ("", {"TENSORGATE_MODEL_WORKERS": "zero"}, "model_workers"),
+        ("prot = 1\n", {}, "prot"),
+        ("port = \n", {}, "cannot read configuration file"),
+    ],
+)
+def test_invalid_values_are_reported(tmp_path: Path, file_text: str, environ: dict[str, str], message: str) -> None:
+    file = tmp_path / "bad.toml"
+    file.write_text(file_text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(file, environ=environ)
