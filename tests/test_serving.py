@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -10,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tensorgate.clients.client import TensorgateClient
 from tensorgate.clients.datasets import MnistData
 from tensorgate.v1 import codec, inference_service_pb2_grpc
-from tensorgate.v1.inference_service_pb2 import PredictRequest
+from tensorgate.v1.inference_service_pb2 import PredictRequest, StreamPredictRequest
 from tensorgate.v1.model_service_pb2 import ModelVersionState
 from tensorgate.v1.tensor_pb2 import DataType
 
@@ -110,3 +113,26 @@ def test_second_model_serves_through_the_same_code(client: TensorgateClient) -> 
     assert list(filtered) == ["total"]
     streamed = list(client.stream_predict_batches("scorer", [inputs, inputs]))
     assert [s["total"].tolist() for s in streamed] == [[3, 70], [3, 70]]
+
+
+def test_stream_back_pressure_bounds_what_the_server_reads(server: ServerProcess) -> None:
+    """A client that sends without reading answers is held back: the server stops reading at its window."""
+    request = StreamPredictRequest(model="mnist")
+    request.inputs["keras_tensor"].CopyFrom(codec.encode(np.zeros((256, 28, 28), np.float32)))
+    pulled = 0
+
+    def requests() -> Iterator[StreamPredictRequest]:
+        nonlocal pulled
+        while pulled < 10_000:
+            pulled += 1
+            yield request
+
+    # Without BDP probing the client's receive window stays at 64 kB, so answers cannot pile up there either.
+    with grpc.insecure_channel(server.target, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+        call = inference_service_pb2_grpc.InferenceServiceStub(channel).StreamPredict(requests(), timeout=30)
+        time.sleep(3)  # never read a response
+        held_back_at = pulled
+        print(f"client held back after {held_back_at} requests")
+        call.cancel()
+    # 8 requests in the window, 8 answers waiting to be written, and what HTTP/2 windows hold (~800 kB each).
+    assert held_back_at < 100, f"the client could push {held_back_at} requests of 800 kB without reading"
