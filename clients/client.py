@@ -7,6 +7,7 @@ Python on either side.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import grpc
@@ -23,6 +24,29 @@ from tensorgate.v1.model_service_pb2 import (
 )
 
 MiB = 1024 * 1024
+
+# Every unary method is idempotent (inference included), so gRPC may retry it transparently. A server that
+# is stopping refuses new calls with UNAVAILABLE and resets calls it had not yet started with RST_STREAM
+# CANCEL, which clients see as CANCELLED although they cancelled nothing: both are safe to retry.
+RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "tensorgate.v1.InferenceService", "method": "Predict"},
+                    {"service": "tensorgate.v1.ModelService"},
+                ],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
+                },
+            }
+        ]
+    }
+)
 
 
 class StreamItemError(RuntimeError):
@@ -46,6 +70,7 @@ class TensorgateClient:
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.service_config", RETRY_SERVICE_CONFIG),
             ],
         )
         self._inference = inference_service_pb2_grpc.InferenceServiceStub(self._channel)

@@ -13,8 +13,9 @@ import grpc
 import numpy as np
 import pytest
 
+from tensorgate.clients.client import TensorgateClient
 from tensorgate.v1 import codec, inference_service_pb2_grpc
-from tensorgate.v1.inference_service_pb2 import PredictRequest, StreamPredictRequest
+from tensorgate.v1.inference_service_pb2 import StreamPredictRequest
 
 from conftest import start_server
 
@@ -39,13 +40,10 @@ def test_sigterm_with_calls_in_flight_loses_none(repository: Path, tmp_path: Pat
     sigterm_sent = threading.Event()
 
     def hammer() -> None:
-        request = PredictRequest(model="mnist")
-        request.inputs["keras_tensor"].CopyFrom(codec.encode(X))
-        with grpc.insecure_channel(server.target) as channel:
-            stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        with TensorgateClient(server.target) as client:
             while True:
                 try:
-                    stub.Predict(request, timeout=30)
+                    client.predict_tensors("mnist", {"keras_tensor": X})
                     unary_codes.append(grpc.StatusCode.OK)
                 except grpc.RpcError as exc:
                     unary_codes.append(exc.code())
@@ -81,6 +79,7 @@ def test_sigterm_with_calls_in_flight_loses_none(repository: Path, tmp_path: Pat
             server.process.kill()
             server.process.wait()
     assert unary_codes.count(grpc.StatusCode.OK) > 4
+    # Calls end in an answer, or, once the server has gone and the client's retries are spent, UNAVAILABLE.
     assert set(unary_codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, unary_codes
     log = server.log()
     assert '"message": "shutting down"' in log and '"message": "stopped"' in log
