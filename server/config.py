@@ -15,8 +15,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tensorgate.server.batching import BatchingConfig
+
 ENV_PREFIX = "TENSORGATE_"
+NESTED = "__"  # TENSORGATE_BATCHING__MAX_BATCH_SIZE sets batching.max_batch_size
 MiB = 1024 * 1024
+DEVICE_PATTERN = r"^(auto|cpu|gpu:\d+)$"
 
 
 class ConfigError(ValueError):
@@ -34,7 +38,14 @@ class ServerConfig(BaseModel):
         Path("models"), description="Root of the model repository: <root>/<model>/<version>/."
     )
     signature_name: str = Field("serving_default", description="SavedModel signature to serve.")
-    model_workers: int = Field(2, ge=1, description="Threads that run model calls off the event loop.")
+    metrics_port: int = Field(8502, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint.")
+    model_workers: int = Field(2, ge=1, description="Model calls run at once, on threads off the event loop.")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="Default device: auto, cpu or gpu:N.")
+    intra_op_threads: int = Field(0, ge=0, description="TensorFlow threads within one op; 0 = one per core.")
+    inter_op_threads: int = Field(0, ge=0, description="TensorFlow ops run in parallel; 0 = TensorFlow's choice.")
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig, description="Default batching knobs; <model>/model.toml overrides them."
+    )
     max_message_bytes: int = Field(64 * MiB, ge=1024, description="Largest gRPC message accepted or sent, in bytes.")
     max_examples_per_request: int = Field(4096, ge=1, description="Largest batch (first dimension) of one request.")
     max_tensor_elements: int = Field(16 * MiB, ge=1, description="Largest number of elements of one input tensor.")
@@ -46,13 +57,33 @@ class ServerConfig(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
 
 
-def environment_values(environ: Mapping[str, str]) -> dict[str, str]:
-    """The ``TENSORGATE_<FIELD>`` variables of ``environ``, keyed by field name."""
-    return {
-        key.removeprefix(ENV_PREFIX).lower(): value
-        for key, value in environ.items()
-        if key.startswith(ENV_PREFIX) and key.removeprefix(ENV_PREFIX).lower() in ServerConfig.model_fields
-    }
+def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``TENSORGATE_<FIELD>`` (and ``TENSORGATE_<FIELD>__<SUBFIELD>``) variables, as nested values."""
+    values: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = key.removeprefix(ENV_PREFIX).lower().split(NESTED)
+        if path[0] not in ServerConfig.model_fields:
+            continue
+        set_nested(values, path, value)
+    return values
+
+
+def set_nested(values: dict[str, Any], path: list[str], value: Any) -> None:
+    """``values[path[0]][path[1]]... = value``, creating the inner dicts."""
+    for key in path[:-1]:
+        values = values.setdefault(key, {})
+    values[path[-1]] = value
+
+
+def merge_nested(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied; nested tables merge key by key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        inner = merged.get(key)
+        merged[key] = merge_nested(inner, value) if isinstance(value, Mapping) and isinstance(inner, dict) else value
+    return merged
 
 
 def load_config(
@@ -60,16 +91,29 @@ def load_config(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ServerConfig:
-    """Merge defaults < ``config_file`` (TOML) < environment < ``flags`` into one validated config."""
+    """Merge defaults < ``config_file`` (TOML) < environment < ``flags`` into one validated config.
+
+    ``flags`` may nest (``{"batching": {"enabled": "false"}}``); None values are ignored.
+    """
     values: dict[str, Any] = {}
     if config_file is not None:
         try:
-            values.update(tomllib.loads(config_file.read_text()))
+            values = tomllib.loads(config_file.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read configuration file {config_file}: {exc}") from exc
-    values.update(environment_values(os.environ if environ is None else environ))
-    values.update({key: value for key, value in (flags or {}).items() if value is not None})
+    values = merge_nested(values, environment_values(os.environ if environ is None else environ))
+    values = merge_nested(values, _without_none(flags or {}))
     try:
         return ServerConfig.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
+
+
+def _without_none(values: Mapping[str, Any]) -> dict[str, Any]:
+    cleaned = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            value = _without_none(value)
+        if value is not None and value != {}:
+            cleaned[key] = value
+    return cleaned

@@ -1,22 +1,23 @@
-"""The transport-independent serving path: resolve the version, validate, run the model.
+"""The transport-independent serving path: resolve the version, validate, batch, run the model.
 
 gRPC servicers (and through Envoy, every REST route) call this with decoded
-NumPy inputs; it knows nothing of protobuf. Model calls run on a bounded
-thread pool so that the event loop keeps answering while TensorFlow works.
+NumPy inputs; it knows nothing of protobuf. Each model version gets its own
+batcher, created on its first request, whose model calls run on the shared
+bounded worker pool so that the event loop keeps answering.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
 
-from tensorgate.server.errors import DeadlineExceededError
-from tensorgate.server.registry import ModelRegistry, ModelVersion, Servable
+from tensorgate.server.batching import Batcher
+from tensorgate.server.registry import ModelRegistry, ModelVersion
+from tensorgate.server.signature import Servable
 from tensorgate.server.validation import Limits, validate_inputs, validate_output_filter
 
 
@@ -32,10 +33,12 @@ class Prediction:
 class DataPlane:
     """Runs predictions against the registry's available versions."""
 
-    def __init__(self, registry: ModelRegistry, executor: ThreadPoolExecutor, limits: Limits) -> None:
+    def __init__(self, registry: ModelRegistry, executor: Executor, workers: int, limits: Limits) -> None:
         self._registry = registry
         self._executor = executor
+        self._workers = workers
         self._limits = limits
+        self._batchers: dict[tuple[str, int], Batcher] = {}
 
     async def predict(
         self,
@@ -48,27 +51,36 @@ class DataPlane:
         """Validate and run one request.
 
         ``timeout_s`` is what is left of the caller's deadline: a request whose
-        deadline passes while it waits for a worker is dropped before the model
-        runs. Cancelling the awaiting task also withdraws a request still queued.
+        deadline passes while it is queued is dropped before the model runs.
+        Cancelling the awaiting task withdraws a request that is still queued.
         """
         target = self._registry.resolve(model, version)
         servable = _servable(target)
-        validate_inputs(servable.signature, inputs, self._limits)
+        size = validate_inputs(servable.signature, inputs, self._limits)
         validate_output_filter(servable.signature, output_filter)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._executor, _run, servable, dict(inputs), deadline)
+        outputs = await self._batcher(target, servable).predict(inputs, size, deadline)
         if output_filter:
             outputs = {name: outputs[name] for name in output_filter}
         return Prediction(model=target.model, version=target.version, outputs=outputs)
+
+    async def close(self) -> None:
+        """Stop every batcher (after the server has stopped taking calls)."""
+        for batcher in self._batchers.values():
+            await batcher.close()
+        self._batchers.clear()
+
+    def _batcher(self, version: ModelVersion, servable: Servable) -> Batcher:
+        key = (version.model, version.version)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            batcher = Batcher(
+                version.model, version.version, servable, version.config.batching, self._executor, self._workers
+            )
+            self._batchers[key] = batcher
+        return batcher
 
 
 def _servable(version: ModelVersion) -> Servable:
     assert version.servable is not None, "the registry resolves only AVAILABLE versions, which hold a servable"
     return version.servable
-
-
-def _run(servable: Servable, inputs: dict[str, np.ndarray], deadline: float | None) -> dict[str, np.ndarray]:
-    if deadline is not None and time.monotonic() > deadline:
-        raise DeadlineExceededError("deadline passed while the request waited for a model worker")
-    return servable.predict(inputs)

@@ -33,6 +33,16 @@ class UnavailableError(ServingError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class ResourceExhaustedError(ServingError):
+    """The server is overloaded (a full queue); the caller should retry after ``retry_after_s``."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class DeadlineExceededError(ServingError):
     """The caller's deadline passed before the model ran."""
 

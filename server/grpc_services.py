@@ -16,11 +16,12 @@ from typing import TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from tensorgate.server.dataplane import DataPlane, Prediction
-from tensorgate.server.errors import InvalidArgumentError, ServingError
+from tensorgate.server.errors import InvalidArgumentError, ResourceExhaustedError, ServingError
 from tensorgate.server.registry import ModelRegistry, ModelVersion, VersionState
 from tensorgate.server.signature import TensorInfo
 from tensorgate.v1 import codec, inference_service_pb2, model_service_pb2, tensor_pb2
@@ -71,7 +72,10 @@ def _unary(handler: Handler) -> Handler:
         try:
             return await handler(self, request, context)
         except ServingError as exc:
-            await context.abort(exc.code, str(exc))
+            # The full status (with details such as RetryInfo) travels as grpc-status-details-bin,
+            # where grpcio-status clients and Envoy's convert_grpc_status read it.
+            details = (("grpc-status-details-bin", _status(exc).SerializeToString()),)
+            await context.abort(exc.code, str(exc), trailing_metadata=details)
         except Exception:
             log.exception("unexpected error in %s", handler.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
@@ -96,7 +100,13 @@ def _fill_outputs(target: Mapping[str, tensor_pb2.Tensor], prediction: Predictio
 
 
 def _status(exc: ServingError) -> status_pb2.Status:
-    return status_pb2.Status(code=exc.code.value[0], message=str(exc))
+    """google.rpc.Status of an error; overload carries a google.rpc.RetryInfo with the suggested delay."""
+    status = status_pb2.Status(code=exc.code.value[0], message=str(exc))
+    if isinstance(exc, ResourceExhaustedError):
+        delay = Duration()
+        delay.FromNanoseconds(int(exc.retry_after_s * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return status
 
 
 class InferenceServicer:

@@ -11,21 +11,10 @@ import enum
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-
-import numpy as np
 
 from tensorgate.server.errors import InvalidArgumentError, NotFoundError, UnavailableError
-from tensorgate.server.signature import Signature
-
-
-class Servable(Protocol):
-    """What the serving path needs from a loaded model version."""
-
-    signature: Signature
-    device: str
-
-    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+from tensorgate.server.model_config import ModelConfig
+from tensorgate.server.signature import Servable
 
 
 class VersionState(enum.Enum):
@@ -45,6 +34,7 @@ class ModelVersion:
     version: int
     path: Path
     state: VersionState
+    config: ModelConfig
     error: str = ""
     servable: Servable | None = None
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from tensorgate.server.errors import InvalidArgumentError
 from tensorgate.server.signature import Signature, TensorInfo
 from tensorgate.v1 import codec
 
@@ -57,9 +58,11 @@ def _warm_up_inputs(signature: Signature) -> dict[str, np.ndarray]:
 class SavedModelRuntime:
     """A SavedModel loaded in this process, ready to run its serving signature."""
 
-    def __init__(self, path: Path, signature_name: str) -> None:
+    def __init__(self, path: Path, signature_name: str, device: str) -> None:
+        self.device = device
         try:
-            self._loaded = tf.saved_model.load(str(path))
+            with tf.device(device):
+                self._loaded = tf.saved_model.load(str(path))
         except Exception as exc:  # TensorFlow raises many types for a corrupt SavedModel
             raise ModelLoadError(f"cannot load SavedModel from {path}: {type(exc).__name__}: {exc}") from None
         signatures = self._loaded.signatures
@@ -67,11 +70,18 @@ class SavedModelRuntime:
             raise ModelLoadError(f"SavedModel {path} has no signature {signature_name!r}; it has {sorted(signatures)}")
         self._function = signatures[signature_name]
         self.signature = _signature_of(self._function, signature_name)
-        self.device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the signature on validated inputs; returns every output as an array."""
-        outputs = self._function(**{name: tf.convert_to_tensor(value) for name, value in inputs.items()})
+        """Run the signature on validated inputs; returns every output as an array.
+
+        An op that rejects its input (a ``tf.debugging`` check in the model)
+        is the caller's error: INVALID_ARGUMENT.
+        """
+        try:
+            with tf.device(self.device):
+                outputs = self._function(**{name: tf.convert_to_tensor(value) for name, value in inputs.items()})
+        except tf.errors.InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"the model rejected the input: {exc.message}") from None
         return {name: tensor.numpy() for name, tensor in outputs.items()}
 
     def warm_up(self) -> None:

@@ -1,8 +1,11 @@
-"""A model's serving signature as plain data: what validation and metadata need, without TensorFlow."""
+"""What the serving path knows of a model, without TensorFlow: its signature, and the Servable protocol."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
 
 from tensorgate.v1 import codec
 
@@ -32,3 +35,12 @@ class Signature:
     name: str
     inputs: dict[str, TensorInfo]
     outputs: dict[str, TensorInfo]
+
+
+class Servable(Protocol):
+    """A loaded model version: its signature and a blocking call that runs it."""
+
+    signature: Signature
+    device: str
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...

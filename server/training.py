@@ -11,6 +11,7 @@ reader ever sees half a version.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -39,7 +40,8 @@ def next_version(model_dir: Path) -> int:
     """One more than the largest version directory of ``model_dir`` (1 when there is none)."""
     if not model_dir.is_dir():
         return 1
-    return max((int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), default=0) + 1
+    versions = (int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit())
+    return max(versions, default=0) + 1
 
 
 def build_model() -> keras.Model:
@@ -54,6 +56,10 @@ def build_model() -> keras.Model:
     )
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
     return model
+
+
+def _log_epoch(epoch: int, logs: dict[str, float]) -> None:
+    log.info("epoch %d: loss %.4f, accuracy %.4f", epoch + 1, logs["loss"], logs["accuracy"])
 
 
 def train_mnist(
@@ -71,18 +77,27 @@ def train_mnist(
     model = build_model()
     log.info("training %s for %d epochs on %d images", model_name, epochs, len(x_train))
     started = time.monotonic()
-    model.fit(x_train, keras.utils.to_categorical(data.y_train, 10), batch_size=32, epochs=epochs, verbose=2)
+    model.fit(
+        x_train,
+        keras.utils.to_categorical(data.y_train, 10),
+        batch_size=32,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=_log_epoch)],
+    )
     train_seconds = time.monotonic() - started
     _, accuracy = model.evaluate(x_test, keras.utils.to_categorical(data.y_test, 10), verbose=0)
 
     model_dir = repository / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
     version = next_version(model_dir)
+    target = model_dir / str(version)
+    # The hidden staging directory keeps half-written exports out of the repository watcher's sight. The export goes
+    # into a subdirectory of it because mkdtemp creates the staging directory itself readable by its owner only.
     staging = Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=model_dir))
     try:
         model.export(str(staging / "saved_model"), verbose=False)
-        target = model_dir / str(version)
-        (staging / "saved_model").rename(target)
+        os.rename(staging / "saved_model", target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("exported %s version %d to %s (test accuracy %.4f)", model_name, version, target, accuracy)

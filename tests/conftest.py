@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from tensorgate.clients.client import TensorgateClient
 from tensorgate.clients.datasets import MnistData, load_mnist
@@ -55,16 +57,56 @@ def build_scorer_model(path: Path) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
+def build_slow_model(path: Path, matmuls: int = 40) -> None:
+    """A model whose every call takes a while (a chain of 512x512 matmuls), so that its queue fills."""
+    import tensorflow as tf
+
+    class Slow(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weights = tf.Variable(tf.eye(512) * 0.999)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            def step(i: tf.Tensor, acc: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                return i + 1, tf.linalg.matmul(acc, self.weights)
+
+            _, acc = tf.while_loop(lambda i, _: i < matmuls, step, (tf.constant(0), tf.eye(512)))
+            return {"y": x * 2.0 + 0.0 * tf.reduce_sum(acc)}
+
+    module = Slow()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
 @dataclass
 class ServerProcess:
     """A tensorgate server running as a child process."""
 
     process: subprocess.Popen[bytes]
     target: str
+    metrics_url: str
     log_path: Path
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """Every sample of /metrics, keyed by (name, labels)."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample's value (0 when the series does not exist yet)."""
+        return self.metrics().get((name, frozenset(labels.items())), 0.0)
+
+    def rss_bytes(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(status.split("VmRSS:")[1].split()[0]) * 1024
 
     def stop(self, timeout_s: float = 60) -> int:
         if self.process.poll() is None:
@@ -92,16 +134,14 @@ def wait_until_serving(target: str, process: subprocess.Popen[bytes], timeout_s:
 
 
 def start_server(repository: Path, log_path: Path, *extra: str) -> ServerProcess:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [*CLI, "serve", "--model-repository", str(repository), "--port", str(port)]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*CLI, "serve", "--model-repository", str(repository), "--port", str(port), *extra],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
+            [*command, "--metrics-port", str(metrics_port), *extra], stdout=log, stderr=subprocess.STDOUT, env=env
         )
-    server = ServerProcess(process, f"127.0.0.1:{port}", log_path)
+    server = ServerProcess(process, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", log_path)
     try:
         wait_until_serving(server.target, process)
     except Exception:

@@ -1,0 +1,278 @@
+"""Dynamic batching: concurrent requests for one model version merged into one model call.
+
+Requests wait in a bounded queue. A batch starts forming when a model worker
+is free, takes queued requests in arrival order while they fit in
+``max_batch_size`` and have the same per-example shapes, and closes when full
+or when its oldest request has waited ``max_queue_delay_us``. While every
+worker is busy the queue keeps filling, so batches grow with the load. Each
+request's slice of the outputs goes back to its caller.
+
+A full queue refuses at once (RESOURCE_EXHAUSTED with a retry hint) instead
+of blocking; requests whose caller cancelled or whose deadline passed are
+dropped before the model sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tensorgate.server import metrics
+from tensorgate.server.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
+from tensorgate.server.signature import Servable
+
+log = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]
+
+
+class BatchingConfig(BaseModel):
+    """Batching knobs of one model (Triton's dynamic batcher and TF Serving's batching options)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Merge concurrent requests; false runs every request alone.")
+    max_batch_size: int = Field(256, ge=1, description="Most examples in one model call.")
+    max_queue_delay_us: int = Field(
+        1000, ge=0, description="Longest a request waits for others to join its batch, in microseconds."
+    )
+    max_queue_size: int = Field(
+        1024, ge=1, description="Requests that may wait; beyond it requests are refused with RESOURCE_EXHAUSTED."
+    )
+    preferred_batch_sizes: tuple[int, ...] = Field(
+        (), description="Batch sizes to pad merged batches up to (e.g. for XLA or a GPU); empty pads nothing."
+    )
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _sorted_positive(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if any(size < 1 for size in sizes):
+            raise ValueError("preferred batch sizes must be positive")
+        return tuple(sorted(set(sizes)))
+
+
+@dataclass(eq=False)
+class _Request:
+    inputs: Mapping[str, np.ndarray]
+    size: int
+    shapes: tuple[tuple[int, ...], ...]  # per-example shape of every input: only equal ones can merge
+    deadline: float | None
+    future: asyncio.Future[Outputs]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """The queue and batch loop of one model version."""
+
+    def __init__(
+        self,
+        model: str,
+        version: int,
+        servable: Servable,
+        config: BatchingConfig,
+        executor: Executor,
+        workers: int,
+    ) -> None:
+        self._servable = servable
+        self._config = config
+        self._executor = executor
+        self._max_batch = config.max_batch_size if config.enabled and _batchable(servable) else 1
+        self._max_delay_s = config.max_queue_delay_us / 1e6 if self._max_batch > 1 else 0.0
+        self._queue: deque[_Request] = deque()
+        self._arrived = asyncio.Event()
+        self._free_workers = asyncio.Semaphore(workers)
+        self._running: set[asyncio.Task[None]] = set()
+        self._recent_batch_s = 0.01
+        labels = {"model": model, "version": str(version)}
+        self._name = f"{model}/{version}"
+        self._depth = metrics.QUEUE_DEPTH.labels(**labels)
+        self._batch_size = metrics.BATCH_SIZE.labels(**labels)
+        self._queue_seconds = metrics.QUEUE_SECONDS.labels(**labels)
+        self._compute_seconds = metrics.COMPUTE_SECONDS.labels(**labels)
+        self._examples = metrics.MODEL_EXAMPLES.labels(**labels)
+        self._dropped = {
+            reason: metrics.DROPPED.labels(**labels, reason=reason) for reason in ("overload", "cancelled", "expired")
+        }
+        self._loop_task = asyncio.create_task(self._batch_loop(), name=f"batcher {self._name}")
+
+    async def predict(self, inputs: Mapping[str, np.ndarray], size: int, deadline: float | None) -> Outputs:
+        """Queue one validated request of ``size`` examples and wait for its outputs."""
+        if len(self._queue) >= self._config.max_queue_size:
+            self._dropped["overload"].inc()
+            retry_after_s = max(0.05, self._recent_batch_s * len(self._queue) / self._max_batch)
+            raise ResourceExhaustedError(
+                f"the queue of model {self._name} is full ({self._config.max_queue_size} requests); "
+                f"retry in {retry_after_s:.2f} s",
+                retry_after_s=retry_after_s,
+            )
+        shapes = tuple(array.shape[1:] for array in inputs.values())
+        request = _Request(inputs, size, shapes, deadline, asyncio.get_running_loop().create_future())
+        self._queue.append(request)
+        self._depth.set(len(self._queue))
+        self._arrived.set()
+        return await request.future  # cancelling the caller cancels the future: the batch loop skips it
+
+    async def close(self) -> None:
+        """Stop the batch loop, let running batches finish, and fail whatever is still queued."""
+        self._loop_task.cancel()
+        await asyncio.gather(self._loop_task, *self._running, return_exceptions=True)
+        while self._queue:
+            request = self._queue.popleft()
+            if not request.future.done():
+                request.future.set_exception(UnavailableError(f"model {self._name} was unloaded; retry"))
+        self._depth.set(0)
+
+    async def _batch_loop(self) -> None:
+        while True:
+            await self._free_workers.acquire()
+            batch = await self._form_batch()
+            task = asyncio.create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _form_batch(self) -> list[_Request]:
+        first = await self._next_live()
+        batch, total = [first], first.size
+        closes_at = first.enqueued + self._max_delay_s
+        while total < self._max_batch:
+            request = self._take_compatible(first.shapes, self._max_batch - total)
+            if request is not None:
+                batch.append(request)
+                total += request.size
+                continue
+            remaining = closes_at - time.monotonic()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+        self._depth.set(len(self._queue))
+        return batch
+
+    async def _next_live(self) -> _Request:
+        while True:
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            request = self._queue.popleft()
+            if self._is_live(request):
+                return request
+
+    def _take_compatible(self, shapes: tuple[tuple[int, ...], ...], room: int) -> _Request | None:
+        """The oldest live queued request that can join the batch, or None.
+
+        Requests of other shapes are skipped (they start the next batch); one
+        that does not fit closes the batch, so arrival order is kept.
+        """
+        skipped = []
+        found = None
+        while self._queue:
+            request = self._queue.popleft()
+            if not self._is_live(request):
+                continue
+            if request.shapes != shapes:
+                skipped.append(request)
+                continue
+            if request.size <= room:
+                found = request
+            else:
+                skipped.append(request)
+            break
+        self._queue.extendleft(reversed(skipped))
+        return found
+
+    def _is_live(self, request: _Request) -> bool:
+        """False (and the request answered or counted) when it must not reach the model."""
+        if request.future.cancelled():
+            self._dropped["cancelled"].inc()
+            return False
+        if request.deadline is not None and time.monotonic() > request.deadline:
+            self._dropped["expired"].inc()
+            request.future.set_exception(DeadlineExceededError("deadline passed while the request was queued"))
+            return False
+        return True
+
+    async def _execute(self, batch: list[_Request]) -> None:
+        try:
+            started = time.monotonic()
+            for request in batch:
+                self._queue_seconds.observe(started - request.enqueued)
+            try:
+                outputs = await self._run([r.inputs for r in batch], sum(r.size for r in batch))
+            except Exception as exc:
+                if len(batch) == 1:
+                    _fail(batch[0], exc)
+                    return
+                # One request can break a merged call; run each alone so that only it fails.
+                for request in batch:
+                    try:
+                        _answer(request, await self._run([request.inputs], request.size))
+                    except Exception as alone_exc:
+                        _fail(request, alone_exc)
+                return
+            elapsed = time.monotonic() - started
+            self._recent_batch_s = 0.8 * self._recent_batch_s + 0.2 * elapsed
+            offset = 0
+            for request in batch:
+                _answer(request, {name: value[offset : offset + request.size] for name, value in outputs.items()})
+                offset += request.size
+        finally:
+            self._free_workers.release()
+
+    async def _run(self, parts: list[Mapping[str, np.ndarray]], examples: int) -> Outputs:
+        """One model call on the concatenated parts, padded to a preferred size when configured.
+
+        Outputs are cut back to ``examples`` rows when padding was added.
+        """
+        if len(parts) == 1:
+            inputs = dict(parts[0])
+        else:
+            inputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        padded = _padded_size(examples, self._config.preferred_batch_sizes) if self._max_batch > 1 else examples
+        if padded > examples:
+            inputs = {name: _pad(value, padded) for name, value in inputs.items()}
+        started = time.monotonic()
+        outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._servable.predict, inputs)
+        self._compute_seconds.observe(time.monotonic() - started)
+        self._batch_size.observe(examples)
+        self._examples.inc(examples)
+        if padded > examples:
+            outputs = {name: value[:examples] for name, value in outputs.items()}
+        return outputs
+
+
+def _batchable(servable: Servable) -> bool:
+    """Merging needs a batch dimension of any size first in every input and output."""
+    tensors = [*servable.signature.inputs.values(), *servable.signature.outputs.values()]
+    return all(t.shape is not None and len(t.shape) > 0 and t.shape[0] == -1 for t in tensors)
+
+
+def _padded_size(size: int, preferred: tuple[int, ...]) -> int:
+    return next((p for p in preferred if p >= size), size)
+
+
+def _pad(value: np.ndarray, size: int) -> np.ndarray:
+    padding = np.zeros((size - len(value), *value.shape[1:]), dtype=value.dtype)
+    if value.dtype == object:
+        padding[...] = b""
+    return np.concatenate([value, padding])
+
+
+def _answer(request: _Request, outputs: Outputs) -> None:
+    if not request.future.done():
+        request.future.set_result(outputs)
+
+
+def _fail(request: _Request, exc: Exception) -> None:
+    if not request.future.done():
+        request.future.set_exception(exc)

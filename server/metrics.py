@@ -1,0 +1,52 @@
+"""Prometheus metrics of the serving path, served on the server's metrics port at /metrics.
+
+Labels are bounded: model names and version numbers come from the repository,
+reasons from a fixed set; never a request id or user input.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+BATCH_SIZE = Histogram(
+    "tensorgate_batch_size",
+    "Examples per model call, padding excluded: how well requests are merged.",
+    ["model", "version"],
+    buckets=BATCH_SIZE_BUCKETS,
+)
+QUEUE_DEPTH = Gauge("tensorgate_queue_depth", "Requests waiting in a model's batching queue.", ["model", "version"])
+QUEUE_SECONDS = Histogram(
+    "tensorgate_queue_duration_seconds",
+    "Time a request waited in the batching queue before its batch started.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+COMPUTE_SECONDS = Histogram(
+    "tensorgate_compute_duration_seconds",
+    "Time of one model call on a merged batch.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+MODEL_EXAMPLES = Counter(
+    "tensorgate_model_examples_total", "Examples that reached the model (padding excluded).", ["model", "version"]
+)
+DROPPED = Counter(
+    "tensorgate_requests_dropped_total",
+    "Requests that never reached the model: queue full (overload), cancelled by the client, or expired deadline.",
+    ["model", "version", "reason"],
+)
+
+
+def start_metrics_server(host: str, port: int) -> int:
+    """Serve /metrics over HTTP on a background thread; returns the bound port (``port`` 0 picks one)."""
+    server, _ = start_http_server(port, addr=host)
+    bound = server.server_address[1]
+    log.info("metrics listening", extra={"fields": {"address": f"{host}:{bound}", "path": "/metrics"}})
+    return int(bound)
