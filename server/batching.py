@@ -42,7 +42,12 @@ class BatchingConfig(BaseModel):
     enabled: bool = Field(True, description="Merge concurrent requests; false runs every request alone.")
     max_batch_size: int = Field(256, ge=1, description="Most examples in one model call.")
     max_queue_delay_us: int = Field(
-        1000, ge=0, description="Longest a request waits for others to join its batch, in microseconds."
+        0,
+        ge=0,
+        description=(
+            "Longest a request waits for others to join its batch, in microseconds. 0 (Triton's default) merges "
+            "only what queued while the workers were busy: no added latency at low load, big batches under load."
+        ),
     )
     max_queue_size: int = Field(
         1024, ge=1, description="Requests that may wait; beyond it requests are refused with RESOURCE_EXHAUSTED."
@@ -148,16 +153,24 @@ class Batcher:
                 batch.append(request)
                 total += request.size
                 continue
-            remaining = closes_at - time.monotonic()
-            if remaining <= 0:
+            if time.monotonic() >= closes_at:
                 break
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                break
+            await self._wait_for_arrival(closes_at)
         self._depth.set(len(self._queue))
         return batch
+
+    async def _wait_for_arrival(self, until: float) -> None:
+        """Sleep until a request arrives or ``until`` (monotonic) passes, whichever is first.
+
+        A plain timer on the event; ``asyncio.wait_for`` would create a task per wait.
+        """
+        self._arrived.clear()
+        loop = asyncio.get_running_loop()
+        timer = loop.call_at(loop.time() + (until - time.monotonic()), self._arrived.set)
+        try:
+            await self._arrived.wait()
+        finally:
+            timer.cancel()
 
     async def _next_live(self) -> _Request:
         while True:

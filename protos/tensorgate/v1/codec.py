@@ -8,6 +8,7 @@ fields exist for JSON callers and are converted element by element.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -90,7 +91,7 @@ def numpy_dtype(dtype: int) -> np.dtype:
 
 def element_count(shape: tuple[int, ...]) -> int:
     """Number of elements of a shape (1 for a scalar)."""
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return math.prod(shape)
 
 
 def decode(tensor: Tensor, name: str = "tensor") -> np.ndarray:

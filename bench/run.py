@@ -1,0 +1,290 @@
+"""tensorgate benchmark: the server against the limits it runs between, side by side in one run.
+
+    .venv/bin/python bench/run.py [--duration 5] [--output bench/results.json]
+
+Measures, on the MNIST reference model (trained into --repository if missing):
+  * in-process limit: the SavedModel signature called directly on batches of 1, 64, 256 (examples/s);
+  * transport limit: a grpc.aio echo servicer with tensorgate's message sizes (requests/s);
+  * unary Predict of one image at concurrency 1, 16, 64, batching on and off, load from h2load
+    (requests/s, p50, p99, errors), each answer counted on the server's metrics;
+  * bulk streaming of the 10,000 test images over one StreamPredict stream, 64 images a message;
+  * the server's peak RSS.
+Prints a table and writes JSON. Needs h2load (Debian package nghttp2-client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from tensorgate.clients.client import TensorgateClient
+from tensorgate.clients.datasets import load_mnist, to_model_input
+from tensorgate.v1 import codec
+from tensorgate.v1.inference_service_pb2 import PredictRequest, PredictResponse
+
+ROOT = Path(__file__).resolve().parent.parent
+PREDICT_PATH = "/tensorgate.v1.InferenceService/Predict"
+CONCURRENCY = (1, 16, 64)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """A gRPC length-prefixed message: what h2load must send as the HTTP/2 body."""
+    return struct.pack(">BI", 0, len(message)) + message
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int
+
+    def metric_sum(self, name: str) -> float:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+    def peak_rss_mb(self) -> float:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+
+
+def wait_serving(port: int, process: subprocess.Popen[bytes]) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for _ in range(600):
+            if process.poll() is not None:
+                raise RuntimeError("server exited during start-up")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError("server did not become SERVING")
+
+
+def start_tensorgate(repository: Path, batching: bool, log: Path) -> Server:
+    port, metrics_port = free_port(), free_port()
+    command = [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--model-repository", str(repository)]
+    command += ["--port", str(port), "--metrics-port", str(metrics_port), "--batching-enabled", str(batching).lower()]
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    wait_serving(port, process)
+    return Server(process, port, metrics_port)
+
+
+def in_process_limit(model_dir: Path, x: np.ndarray, seconds: float) -> dict[int, float]:
+    """Examples/s of the signature called directly, by keyword, as the server does."""
+    from tensorgate.server.runtime import SavedModelRuntime
+
+    runtime = SavedModelRuntime(model_dir, "serving_default", "CPU:0")
+    results = {}
+    for batch in (1, 64, 256):
+        inputs = {"keras_tensor": x[:batch]}
+        runtime.predict(inputs)
+        calls, started = 0, time.monotonic()
+        while time.monotonic() - started < seconds:
+            runtime.predict(inputs)
+            calls += 1
+        results[batch] = calls * batch / (time.monotonic() - started)
+    return results
+
+
+def h2load(port: int, body: Path, concurrency: int, seconds: int, log_file: Path) -> dict[str, float]:
+    """Unary load from h2load over one HTTP/2 connection; latency percentiles from its per-request log."""
+    command = [
+        "h2load", "-D", str(seconds), "--warm-up-time", "1", "-c", "1", "-m", str(concurrency), "-t", "1",
+        "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
+        f"--log-file={log_file}", f"http://127.0.0.1:{port}{PREDICT_PATH}",
+    ]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", output).group(1))  # type: ignore[union-attr]
+    counts = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", output)
+    assert counts, output
+    rows = [line.split("\t") for line in log_file.read_text().splitlines() if line]
+    latencies_ms = np.array([int(row[2]) / 1000 for row in rows])
+    non_200 = sum(1 for row in rows if row[1] != "200")
+    return {
+        "requests_per_s": rps,
+        "p50_ms": float(np.percentile(latencies_ms, 50)),
+        "p99_ms": float(np.percentile(latencies_ms, 99)),
+        "done": int(counts.group(2)),
+        "errors": int(counts.group(4)) + non_200,
+    }
+
+
+def unary_runs(server: Server, body: Path, seconds: int, tmp: Path) -> dict[int, dict[str, float]]:
+    """h2load at each concurrency; every answer is checked by the model's example counter."""
+    runs = {}
+    for concurrency in CONCURRENCY:
+        before = server.metric_sum("tensorgate_model_examples_total")
+        compute_before = (
+            server.metric_sum("tensorgate_compute_duration_seconds_sum"),
+            server.metric_sum("tensorgate_compute_duration_seconds_count"),
+        )
+        result = h2load(server.port, body, concurrency, seconds, tmp / f"h2load-{server.port}-{concurrency}.log")
+        ran = server.metric_sum("tensorgate_model_examples_total") - before
+        calls = server.metric_sum("tensorgate_compute_duration_seconds_count") - compute_before[1]
+        compute_s = server.metric_sum("tensorgate_compute_duration_seconds_sum") - compute_before[0]
+        # h2load counts HTTP 200 even when grpc-status is not 0: a request is only good if the model ran it.
+        result["answers_not_run_by_model"] = max(0, int(result["done"] - ran))
+        result["mean_batch"] = ran / calls if calls else 0.0
+        result["mean_batch_compute_ms"] = 1000 * compute_s / calls if calls else 0.0
+        runs[concurrency] = result
+    return runs
+
+
+def streaming_run(port: int, x: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    with TensorgateClient(f"127.0.0.1:{port}") as client:
+        batches = ({"keras_tensor": x[i : i + 64]} for i in range(0, len(x), 64))
+        started = time.monotonic()
+        outputs = [out["output_0"] for out in client.stream_predict_batches("mnist", batches)]
+        elapsed = time.monotonic() - started
+    predictions = np.concatenate(outputs).argmax(1)
+    return {"images_per_s": len(x) / elapsed, "accuracy": float((predictions == labels).mean())}
+
+
+def ensure_model(repository: Path) -> Path:
+    model_dir = repository / "mnist"
+    if not model_dir.is_dir() or not any(p.name.isdigit() for p in model_dir.iterdir()):
+        from tensorgate.server.training import train_mnist
+
+        train_mnist(repository)
+    return max((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, default=ROOT / "models")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per load point (after 1 s of warm-up)")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
+    args = parser.parse_args()
+    if not shutil.which("h2load"):
+        raise SystemExit("h2load not found: apt-get install nghttp2-client")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    version_dir = ensure_model(args.repository)
+    mnist = load_mnist()
+    x = to_model_input(mnist.x_test, np.dtype(np.float32))
+    tmp = Path(tempfile.mkdtemp(prefix="tensorgate-bench-"))
+    log = tmp / "servers.log"
+    request = PredictRequest(model="mnist")
+    request.inputs["keras_tensor"].CopyFrom(codec.encode(x[:1]))
+    body = tmp / "predict.body"
+    body.write_bytes(grpc_frame(request.SerializeToString()))
+
+    print("in-process limit ...", flush=True)
+    in_process = in_process_limit(version_dir, x, args.duration / 2)
+
+    print("echo servicer ...", flush=True)
+    response = PredictResponse(model="mnist", version=version_dir.name)
+    response.outputs["output_0"].CopyFrom(codec.encode(np.zeros((1, 10), np.float32)))
+    response_file = tmp / "response.bin"
+    response_file.write_bytes(response.SerializeToString())
+    echo_port = free_port()
+    echo = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "echo_server.py"), str(echo_port), str(response_file)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert echo.stdout is not None and echo.stdout.readline().strip() == b"ready"
+        echo_runs = {c: h2load(echo_port, body, c, args.duration, tmp / f"echo-{c}.log") for c in CONCURRENCY}
+    finally:
+        echo.send_signal(signal.SIGTERM)
+        echo.wait(30)
+
+    from tensorgate.server.batching import BatchingConfig
+
+    results: dict[str, Any] = {
+        "in_process_examples_per_s": in_process,
+        "echo": echo_runs,
+        "max_queue_delay_ms": BatchingConfig().max_queue_delay_us / 1000,
+    }
+    peak_rss = 0.0
+    for batching in (True, False):
+        label = "batching_on" if batching else "batching_off"
+        print(f"tensorgate, {label.replace('_', ' ')} ...", flush=True)
+        server = start_tensorgate(args.repository, batching, log)
+        try:
+            results[label] = unary_runs(server, body, args.duration, tmp)
+            if batching:
+                results["stream"] = streaming_run(server.port, x, mnist.y_test)
+            peak_rss = max(peak_rss, server.peak_rss_mb())
+        finally:
+            server.stop()
+    results["server_peak_rss_mb"] = peak_rss
+    results["ratios"] = ratios(results)
+    args.output.write_text(json.dumps(results, indent=2))
+    print_table(results)
+    print(f"\nJSON: {args.output}")
+    return 0
+
+
+def ratios(r: dict[str, Any]) -> dict[str, float]:
+    on64, off64, echo64 = r["batching_on"][64], r["batching_off"][64], r["echo"][64]
+    return {
+        "unary_c64_vs_echo": on64["requests_per_s"] / echo64["requests_per_s"],
+        "batching_on_vs_off_c64": on64["requests_per_s"] / off64["requests_per_s"],
+        "stream_vs_in_process_256": r["stream"]["images_per_s"] / r["in_process_examples_per_s"][256],
+        "p99_c64_budget_ms": r["max_queue_delay_ms"] + 3 * on64["mean_batch_compute_ms"],
+    }
+
+
+def print_table(r: dict[str, Any]) -> None:
+    print("\n| measurement | req/s or examples/s | p50 ms | p99 ms | errors | mean batch |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for batch, rate in r["in_process_examples_per_s"].items():
+        print(f"| in-process signature, batch {batch} | {rate:,.0f} | | | | {batch} |")
+    for name in ("echo", "batching_on", "batching_off"):
+        for c, run in r[name].items():
+            errors = run["errors"] + run.get("answers_not_run_by_model", 0)
+            mean_batch = f"{run['mean_batch']:.1f}" if "mean_batch" in run else ""
+            print(
+                f"| {name.replace('_', ' ')} unary, concurrency {c} | {run['requests_per_s']:,.0f} | "
+                f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {errors} | {mean_batch} |"
+            )
+    print(f"| StreamPredict 10,000 images, 64/message | {r['stream']['images_per_s']:,.0f} | | | | |")
+    print(f"| server peak RSS | {r['server_peak_rss_mb']:.0f} MB | | | | |")
+    q = r["ratios"]
+    p99 = r["batching_on"][64]["p99_ms"]
+    print("\n| target | measured | goal |")
+    print("|---|---:|---|")
+    print(f"| unary c64 (batching on) / echo servicer | {q['unary_c64_vs_echo']:.2f} | >= 0.70 |")
+    print(f"| batching on / off at c64 | {q['batching_on_vs_off_c64']:.2f} | >= 1.8 |")
+    print(f"| stream / in-process batch 256 | {q['stream_vs_in_process_256']:.2f} | >= 0.50 |")
+    print(f"| p99 at c64, batching on | {p99:.2f} ms | <= {q['p99_c64_budget_ms']:.2f} ms |")
+    print(f"| server peak RSS | {r['server_peak_rss_mb']:.0f} MB | <= 1024 MB |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
