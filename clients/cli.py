@@ -118,8 +118,21 @@ def _serve(args: argparse.Namespace) -> int:
         train_mnist(repository, REFERENCE_MODEL)
     if not repository.is_dir():
         raise FileNotFoundError(f"model repository {repository} does not exist (use --train-if-empty to create one)")
+    if config.gateway:
+        from tensorgate.server.supervisor import supervise
+
+        return supervise(config, argv_of_serve(args))
     run(config)
     return 0
+
+
+def argv_of_serve(args: argparse.Namespace) -> list[str]:
+    """The serve flags given on the command line, to start the gRPC server child with the same settings."""
+    argv = ["--config", str(args.config)] if args.config else []
+    for dest, value in vars(args).items():
+        if value is not None and dest not in ("command", "config", "train_if_empty"):
+            argv += [f"--{dest.replace('.', '-').replace('_', '-')}", str(value)]
+    return argv
 
 
 def _train(args: argparse.Namespace) -> int:

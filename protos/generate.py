@@ -26,6 +26,8 @@ THIRD_PARTY = ROOT / "third_party" / "googleapis"
 PACKAGE_DIR = PROTO_ROOT / "tensorgate" / "v1"
 DESCRIPTOR_SET = ROOT / "gateway" / "tensorgate.binpb"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+# Types the server packs into google.rpc.Status details: the transcoder must know them to render error bodies.
+STATUS_DETAIL_PROTOS = ("google/rpc/error_details.proto",)
 
 
 def _protoc_include() -> str:
@@ -40,20 +42,12 @@ def generate(out_dir: Path) -> list[Path]:
     descriptor.parent.mkdir(parents=True, exist_ok=True)
     python_out = out_dir / "protos"
     python_out.mkdir(parents=True, exist_ok=True)
-    args = [
-        "protoc",
-        f"-I{PROTO_ROOT}",
-        f"-I{THIRD_PARTY}",
-        f"-I{_protoc_include()}",
-        f"--python_out={python_out}",
-        f"--pyi_out={python_out}",
-        f"--grpc_python_out={python_out}",
-        "--include_imports",
-        f"--descriptor_set_out={descriptor}",
-        *protos,
-    ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
+    includes = [f"-I{PROTO_ROOT}", f"-I{THIRD_PARTY}", f"-I{_protoc_include()}"]
+    python = [f"--python_out={python_out}", f"--pyi_out={python_out}", f"--grpc_python_out={python_out}"]
+    descriptor_args = ["--include_imports", f"--descriptor_set_out={descriptor}"]
+    for args in ([*python, *protos], [*descriptor_args, *protos, *STATUS_DETAIL_PROTOS]):
+        if protoc.main(["protoc", *includes, *args]) != 0:
+            raise SystemExit("protoc failed")
     generated = [descriptor]
     for proto in protos:
         stem = proto.removesuffix(".proto")

@@ -38,6 +38,9 @@ class ServerConfig(BaseModel):
         Path("models"), description="Root of the model repository: <root>/<model>/<version>/."
     )
     signature_name: str = Field("serving_default", description="SavedModel signature to serve.")
+    gateway: bool = Field(True, description="Also run Envoy (REST/JSON, OpenAPI, docs) under one supervisor.")
+    gateway_port: int = Field(8080, ge=0, le=65535, description="Envoy listener: gRPC and REST on one port.")
+    gateway_admin_port: int = Field(9901, ge=0, le=65535, description="Envoy admin port (stats, readiness).")
     metrics_port: int = Field(8502, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint.")
     model_workers: int = Field(2, ge=1, description="Model calls run at once, on threads off the event loop.")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="Default device: auto, cpu or gpu:N.")

@@ -138,13 +138,22 @@ class InferenceServicer:
         behind, the reader stops and HTTP/2 flow control slows the sender.
         """
         slots = asyncio.Semaphore(self._stream_window)
-        started: asyncio.Queue[asyncio.Task[StreamPredictResponse] | None] = asyncio.Queue()
+        started: asyncio.Queue[asyncio.Future[StreamPredictResponse] | None] = asyncio.Queue()
 
         async def read_requests() -> None:
+            previous = StreamPredictRequest()
             try:
                 async for data in requests:
                     await slots.acquire()
-                    started.put_nowait(asyncio.create_task(self._answer(data, context)))
+                    try:
+                        request = _parse(StreamPredictRequest, data)
+                    except ServingError as exc:
+                        started.put_nowait(_done(StreamPredictResponse(error=_status(exc))))
+                        continue
+                    if not request.model:  # REST bodies bind the path's model to the first message only
+                        request.model, request.version = previous.model, request.version or previous.version
+                    previous = request
+                    started.put_nowait(asyncio.create_task(self._answer(request, context)))
             finally:
                 started.put_nowait(None)
 
@@ -170,11 +179,7 @@ class InferenceServicer:
                 "stream closed", extra={"fields": {"method": "StreamPredict", "answered": answered, "outcome": outcome}}
             )
 
-    async def _answer(self, data: bytes, context: grpc.aio.ServicerContext) -> StreamPredictResponse:
-        try:
-            request = _parse(StreamPredictRequest, data)
-        except ServingError as exc:
-            return StreamPredictResponse(error=_status(exc))
+    async def _answer(self, request: StreamPredictRequest, context: grpc.aio.ServicerContext) -> StreamPredictResponse:
         response = StreamPredictResponse(id=request.id, model=request.model)
         try:
             inputs, raw = _decode_inputs(request.inputs)
@@ -191,6 +196,13 @@ class InferenceServicer:
         response.version = str(prediction.version)
         _fill_outputs(response.outputs, prediction, raw)
         return response
+
+
+def _done(response: StreamPredictResponse) -> asyncio.Future[StreamPredictResponse]:
+    """An already answered slot of the stream (a message that could not even be parsed)."""
+    future: asyncio.Future[StreamPredictResponse] = asyncio.get_running_loop().create_future()
+    future.set_result(response)
+    return future
 
 
 def _spec(info: TensorInfo) -> tensor_pb2.TensorSpec:

@@ -86,6 +86,8 @@ class ServerProcess:
     target: str
     metrics_url: str
     log_path: Path
+    gateway_url: str = ""
+    gateway_target: str = ""
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -133,17 +135,42 @@ def wait_until_serving(target: str, process: subprocess.Popen[bytes], timeout_s:
     raise TimeoutError(f"server at {target} not SERVING after {timeout_s} s")
 
 
-def start_server(repository: Path, log_path: Path, *extra: str) -> ServerProcess:
+def wait_until_gateway_answers(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"stack exited with {process.returncode} before the gateway answered")
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"gateway at {url} did not answer")
+
+
+def start_server(repository: Path, log_path: Path, *extra: str, gateway: bool = False) -> ServerProcess:
+    """A server on free loopback ports; with ``gateway``, the whole stack: supervisor, server and Envoy."""
     port, metrics_port = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [*CLI, "serve", "--model-repository", str(repository), "--port", str(port)]
+    command += ["--metrics-port", str(metrics_port)]
+    gateway_port = free_port()
+    if gateway:
+        command += ["--gateway-port", str(gateway_port), "--gateway-admin-port", str(free_port())]
+    else:
+        command += ["--gateway", "false"]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, "--metrics-port", str(metrics_port), *extra], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
+        process = subprocess.Popen([*command, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
     server = ServerProcess(process, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", log_path)
+    if gateway:
+        server.gateway_url = f"http://127.0.0.1:{gateway_port}"
+        server.gateway_target = f"127.0.0.1:{gateway_port}"
     try:
         wait_until_serving(server.target, process)
+        if gateway:
+            wait_until_gateway_answers(server.gateway_url, process)
     except Exception:
         process.kill()
         process.wait()

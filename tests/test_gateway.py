@@ -1,0 +1,201 @@
+"""REST/JSON through the real Envoy transcoder, and gRPC through the same listener."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tensorgate.clients.client import TensorgateClient
+from tensorgate.clients.datasets import MnistData
+
+from conftest import ServerProcess, build_slow_model, mnist_inputs, start_server
+
+
+@pytest.fixture(scope="module")
+def stack(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Supervisor + server + Envoy over mnist, scorer, broken, and a slow model with a queue of one."""
+    root = tmp_path_factory.mktemp("gateway-repository")
+    for model in ("mnist", "scorer", "broken"):
+        shutil.copytree(repository / model, root / model)
+    build_slow_model(root / "slow" / "1", matmuls=60)
+    (root / "slow" / "model.toml").write_text("[batching]\nmax_batch_size = 1\nmax_queue_size = 1\n")
+    stack = start_server(root, tmp_path_factory.mktemp("gateway") / "stack.log", "--model-workers", "1", gateway=True)
+    yield stack
+    assert stack.stop() == 0, stack.log()[-5000:]
+
+
+def rest(
+    stack: ServerProcess, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    data = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{stack.gateway_url}{path}", data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def json_tensor(x: np.ndarray) -> dict[str, Any]:
+    return {"dtype": "DATA_TYPE_FLOAT32", "shape": list(x.shape), "floatValues": x.ravel().tolist()}
+
+
+def test_every_mnist_test_image_over_rest_equals_grpc(stack: ServerProcess, mnist: MnistData) -> None:
+    x = mnist_inputs(mnist.x_test)
+    with TensorgateClient(stack.target) as client:
+        grpc_answers = np.concatenate([client.predict("mnist", x[i : i + 1000]) for i in range(0, len(x), 1000)])
+    rest_answers = []
+    for i in range(0, len(x), 1000):
+        status, text = rest(
+            stack, "POST", "/v1/models/mnist:predict", {"inputs": {"keras_tensor": json_tensor(x[i : i + 1000])}}
+        )
+        assert status == 200, text
+        output = json.loads(text)["outputs"]["output_0"]
+        rest_answers.append(np.array(output["floatValues"], np.float32).reshape([int(d) for d in output["shape"]]))
+    rest_all = np.concatenate(rest_answers)
+    np.testing.assert_array_equal(rest_all.argmax(1), grpc_answers.argmax(1))
+    np.testing.assert_allclose(rest_all, grpc_answers, rtol=1e-6)
+    assert (rest_all.argmax(1) == mnist.y_test).mean() >= 0.97
+
+
+def test_bulk_stream_over_rest_is_newline_delimited_json(stack: ServerProcess, mnist: MnistData) -> None:
+    x = mnist_inputs(mnist.x_test[:640])
+    messages = [{"id": str(i), "inputs": {"keras_tensor": json_tensor(x[i : i + 64])}} for i in range(0, 640, 64)]
+    messages.insert(3, {"id": "bad", "inputs": {"keras_tensor": json_tensor(x[:2, :5])}})
+    status, text = rest(stack, "POST", "/v1/models/mnist:streamPredict", messages)
+    assert status == 200
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert [line["id"] for line in lines] == [m["id"] for m in messages]
+    bad = lines.pop(3)
+    assert bad["error"]["code"] == 3 and "expected shape [-1, 28, 28]" in bad["error"]["message"]
+    with TensorgateClient(stack.target) as client:
+        expected = client.predict("mnist", x)
+    got = np.concatenate([np.array(line["outputs"]["output_0"]["floatValues"]).reshape(-1, 10) for line in lines])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert all(line["model"] == "mnist" and line["version"] == "1" for line in lines)
+
+
+def test_every_model_service_rpc_over_rest(stack: ServerProcess) -> None:
+    status, text = rest(stack, "GET", "/v1/models")
+    assert status == 200 and [m["name"] for m in json.loads(text)["models"]] == ["broken", "mnist", "scorer", "slow"]
+    status, text = rest(stack, "GET", "/v1/models/mnist")
+    assert status == 200 and json.loads(text)["model"]["versions"][0]["state"] == "MODEL_VERSION_STATE_AVAILABLE"
+    status, text = rest(stack, "GET", "/v1/models/broken/versions/1")
+    assert status == 200 and json.loads(text)["model"]["versions"][0]["state"] == "MODEL_VERSION_STATE_FAILED"
+    for path in ("/v1/models/scorer/metadata", "/v1/models/scorer/versions/1/metadata"):
+        status, text = rest(stack, "GET", path)
+        assert status == 200, text
+        assert [i["name"] for i in json.loads(text)["inputs"]] == ["counts", "features", "tag"]
+    body = {"inputs": {"x": json_tensor(np.ones((1, 4), np.float32))}}
+    status, text = rest(stack, "POST", "/v1/models/slow/versions/1:predict", body)
+    assert status == 200 and json.loads(text)["outputs"]["y"]["floatValues"] == [2, 2, 2, 2]
+
+
+def test_string_and_integer_tensors_over_rest(stack: ServerProcess) -> None:
+    body = {
+        "inputs": {
+            "features": {"dtype": "DATA_TYPE_FLOAT64", "shape": [1, 3], "doubleValues": [1, 2, 3]},
+            "tag": {"dtype": "DATA_TYPE_STRING", "shape": [1], "stringValues": ["h\u00e9llo"]},
+            "counts": {"dtype": "DATA_TYPE_INT32", "shape": [1, 2], "intValues": [4, 5]},
+        }
+    }
+    status, text = rest(stack, "POST", "/v1/models/scorer:predict", body)
+    assert status == 200, text
+    outputs = json.loads(text)["outputs"]
+    assert (
+        outputs["total"]["int64Values"] == ["9"] and outputs["tagLength"]["intValues"] == [6]
+        if "tagLength" in outputs
+        else outputs["tag_length"]["intValues"] == [6]
+    )
+    assert outputs["positive"]["boolValues"] == [True]
+
+
+ERRORS = {
+    "invalid argument": (
+        "POST",
+        "/v1/models/mnist:predict",
+        {"inputs": {"keras_tensor": json_tensor(np.zeros((1, 3), np.float32))}},
+        400,
+        3,
+    ),
+    "not found": ("POST", "/v1/models/nope:predict", {"inputs": {}}, 404, 5),
+    "unknown version": ("GET", "/v1/models/mnist/versions/9", None, 404, 5),
+    "unavailable": ("POST", "/v1/models/broken:predict", {"inputs": {}}, 503, 14),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
+def test_grpc_errors_map_to_http_status_with_json_body(stack: ServerProcess, case: str) -> None:
+    method, path, body, http_status, grpc_code = ERRORS[case]
+    status, text = rest(stack, method, path, body)
+    assert status == http_status, text
+    error = json.loads(text)
+    assert error["code"] == grpc_code and error["message"]
+
+
+def test_overload_is_429_and_expired_deadline_is_504(stack: ServerProcess) -> None:
+    body = {"inputs": {"x": json_tensor(np.ones((1, 4), np.float32))}}
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: rest(stack, "POST", "/v1/models/slow:predict", body), range(8)))
+    statuses = sorted(status for status, _ in results)
+    assert 200 in statuses and 429 in statuses and set(statuses) <= {200, 429}, statuses
+    refused = json.loads(next(text for status, text in results if status == 429))
+    assert refused["code"] == 8 and "retry in" in refused["message"]
+    assert refused["details"][0]["@type"] == "type.googleapis.com/google.rpc.RetryInfo"
+
+    with ThreadPoolExecutor(2) as pool:
+        busy = pool.submit(rest, stack, "POST", "/v1/models/slow:predict", body)
+        late = pool.submit(rest, stack, "POST", "/v1/models/slow:predict", body, {"grpc-timeout": "20m"})
+        status, text = late.result()
+        assert busy.result()[0] == 200
+    assert status == 504, text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/v1/nothing", None, 404),
+        ("GET", "/v1/models?colour=blue", None, 400),
+        ("POST", "/v1/models/mnist:predict", b"{not json", 400),
+        ("POST", "/v1/models/mnist:predict", b'{"inputs": {"keras_tensor": {"dtype": "NOPE"}}}', 400),
+    ],
+)
+def test_unknown_routes_and_malformed_json(
+    stack: ServerProcess, method: str, path: str, body: bytes | None, status: int
+) -> None:
+    assert rest(stack, method, path, body)[0] == status
+
+
+def test_grpc_passes_through_the_gateway(stack: ServerProcess, mnist: MnistData) -> None:
+    x = mnist_inputs(mnist.x_test[:100])
+    with TensorgateClient(stack.gateway_target) as through_envoy, TensorgateClient(stack.target) as direct:
+        np.testing.assert_array_equal(through_envoy.predict("mnist", x), direct.predict("mnist", x))
+        assert len(list(through_envoy.stream_predict("mnist", iter(x), batch_size=16))) == 100
+    deadline = time.monotonic() + 10
+    while '"path":"/tensorgate.v1.InferenceService/Predict"' not in stack.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert '"path":"/tensorgate.v1.InferenceService/Predict"' in stack.log()  # Envoy's JSON access log
+
+
+def test_supervisor_exits_non_zero_when_a_child_dies(repository: Path, tmp_path: Path) -> None:
+    stack = start_server(repository, tmp_path / "stack.log", gateway=True)
+    try:
+        pids = json.loads(next(line for line in stack.log().splitlines() if "stack started" in line))["pids"]
+        os.kill(pids["envoy"], signal.SIGKILL)
+        assert stack.process.wait(60) == 1
+        assert "child exited on its own" in stack.log()
+    finally:
+        if stack.process.poll() is None:
+            stack.process.kill()
