@@ -4,19 +4,28 @@
     python protos/generate.py --check  # exit 1 when they differ from the protos
 
 Outputs: the Python messages, typing stubs and gRPC stubs next to each
-``protos/tensorgate/v1/*.proto`` (importable as ``tensorgate.v1``), and the
-descriptor set Envoy's gRPC-JSON transcoder reads, ``gateway/tensorgate.binpb``.
-The generator is the pinned ``grpcio-tools`` so that output is reproducible.
+``protos/tensorgate/v1/*.proto`` (importable as ``tensorgate.v1``); the
+descriptor set Envoy's gRPC-JSON transcoder reads, ``gateway/tensorgate.binpb``;
+the OpenAPI 3 document ``gateway/openapi.json`` (grpc-gateway's
+protoc-gen-swagger from the ``google.api.http`` rules, converted by
+swagger2openapi, then completed with the error responses and the streaming
+body that the generator cannot express); and the Swagger UI assets under
+``gateway/docs/``. Generators are pinned (grpcio-tools in pyproject.toml,
+npm packages in package-lock.json, protoc-gen-swagger from Debian's
+golang-grpc-gateway) so that output is reproducible.
 """
 
 from __future__ import annotations
 
 import argparse
 import filecmp
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from grpc_tools import protoc
 
@@ -25,6 +34,11 @@ PROTO_ROOT = ROOT / "protos"
 THIRD_PARTY = ROOT / "third_party" / "googleapis"
 PACKAGE_DIR = PROTO_ROOT / "tensorgate" / "v1"
 DESCRIPTOR_SET = ROOT / "gateway" / "tensorgate.binpb"
+OPENAPI = ROOT / "gateway" / "openapi.json"
+DOCS_DIR = ROOT / "gateway" / "docs"
+SWAGGER_UI_DIR = ROOT / "node_modules" / "swagger-ui-dist"
+SWAGGER_UI_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css")
+SWAGGER2OPENAPI = ROOT / "node_modules" / ".bin" / "swagger2openapi"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 # Types the server packs into google.rpc.Status details: the transcoder must know them to render error bodies.
 STATUS_DETAIL_PROTOS = ("google/rpc/error_details.proto",)
@@ -48,11 +62,81 @@ def generate(out_dir: Path) -> list[Path]:
     for args in ([*python, *protos], [*descriptor_args, *protos, *STATUS_DETAIL_PROTOS]):
         if protoc.main(["protoc", *includes, *args]) != 0:
             raise SystemExit("protoc failed")
-    generated = [descriptor]
+    generated = [descriptor, *generate_openapi(out_dir, includes, protos)]
     for proto in protos:
         stem = proto.removesuffix(".proto")
         generated += [python_out / f"{stem}{suffix}" for suffix in GENERATED_SUFFIXES]
     return [p for p in generated if p.exists()]
+
+
+def generate_openapi(out_dir: Path, includes: list[str], protos: list[str]) -> list[Path]:
+    """Write gateway/openapi.json and the Swagger UI assets under ``out_dir``."""
+    plugin = shutil.which("protoc-gen-swagger")
+    if plugin is None:
+        raise SystemExit("protoc-gen-swagger not found: apt-get install golang-grpc-gateway")
+    if not SWAGGER2OPENAPI.exists():
+        raise SystemExit("swagger2openapi not found: npm ci")
+    swagger_dir = out_dir / "swagger"
+    swagger_dir.mkdir()
+    options = "allow_merge=true,merge_file_name=tensorgate,json_names_for_fields=true"
+    args = [f"--plugin=protoc-gen-swagger={plugin}", f"--swagger_out={options}:{swagger_dir}", *protos]
+    if protoc.main(["protoc", *includes, *args]) != 0:
+        raise SystemExit("protoc-gen-swagger failed")
+    converted = swagger_dir / "openapi3.json"
+    subprocess.run(
+        [str(SWAGGER2OPENAPI), str(swagger_dir / "tensorgate.swagger.json"), "--outfile", str(converted)], check=True
+    )
+    openapi = out_dir / OPENAPI.relative_to(ROOT)
+    openapi.write_text(json.dumps(complete_openapi(json.loads(converted.read_text())), indent=2) + "\n")
+    docs = out_dir / DOCS_DIR.relative_to(ROOT)
+    docs.mkdir(parents=True, exist_ok=True)
+    for asset in SWAGGER_UI_ASSETS:
+        shutil.copyfile(SWAGGER_UI_DIR / asset, docs / asset)
+    return [openapi, *(docs / asset for asset in SWAGGER_UI_ASSETS)]
+
+
+ERROR_RESPONSES = {
+    "400": "INVALID_ARGUMENT: the request does not fit the model's signature or limits, or the JSON is malformed.",
+    "404": "NOT_FOUND: unknown model or version (or an unknown path).",
+    "429": "RESOURCE_EXHAUSTED: the model's queue is full; `details` holds a google.rpc.RetryInfo with the delay.",
+    "503": "UNAVAILABLE: no version can serve (loading or failed: the message says why), or the server is stopping.",
+    "504": "DEADLINE_EXCEEDED: the deadline (grpc-timeout header) passed before the model ran.",
+}
+
+
+def complete_openapi(spec: dict[str, Any]) -> dict[str, Any]:
+    """Add what protoc-gen-swagger leaves out: error responses, the server URL, and the real shape of the
+    streaming endpoint (a JSON array in, newline-delimited JSON out)."""
+    spec["info"] = {
+        "title": "tensorgate",
+        "version": "v1",
+        "description": "REST/JSON facade of the tensorgate gRPC API, transcoded by Envoy from the same protos.",
+    }
+    spec["servers"] = [{"url": "/"}]
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/rpcStatus"}}}}
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            responses = operation["responses"]
+            responses.pop("default", None)
+            for code, description in ERROR_RESPONSES.items():
+                if code != "429" or path.endswith("predict") or path.endswith(":streamPredict"):
+                    responses[code] = {"description": description, **error}
+    stream = spec["paths"]["/v1/models:streamPredict"]["post"]
+    item = {"$ref": "#/components/schemas/v1StreamPredictRequest"}
+    stream["requestBody"] = {
+        "required": True,
+        "description": "A JSON array of requests; name the model in the first one.",
+        "content": {"application/json": {"schema": {"type": "array", "items": item}}},
+    }
+    stream["responses"]["200"] = {
+        "description": (
+            "One JSON object per line, one per request, in request order, written as each is computed. "
+            "A failed request is a line with `error` set. If the stream itself fails midway the status stays 200 "
+            "and the body ends early: the ids without an answer must be retried."
+        ),
+        "content": {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/v1StreamPredictResponse"}}},
+    }
+    return spec
 
 
 def main() -> int:
@@ -64,7 +148,7 @@ def main() -> int:
         fresh = generate(tmp_root)
         expected = {ROOT / p.relative_to(tmp_root): p for p in fresh}
         committed = {p for p in PACKAGE_DIR.iterdir() if p.name.endswith(GENERATED_SUFFIXES)}
-        committed.add(DESCRIPTOR_SET)
+        committed |= {DESCRIPTOR_SET, OPENAPI, *(DOCS_DIR / asset for asset in SWAGGER_UI_ASSETS)}
         if args.check:
             stale = sorted(
                 str(path.relative_to(ROOT))
@@ -79,6 +163,7 @@ def main() -> int:
         for path in committed - expected.keys():
             path.unlink()
         for target, source in expected.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
             print(f"wrote {target.relative_to(ROOT)}")
     return 0

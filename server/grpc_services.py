@@ -150,7 +150,7 @@ class InferenceServicer:
                     except ServingError as exc:
                         started.put_nowait(_done(StreamPredictResponse(error=_status(exc))))
                         continue
-                    if not request.model:  # REST bodies bind the path's model to the first message only
+                    if not request.model:  # a caller may name the model in the first message only
                         request.model, request.version = previous.model, request.version or previous.version
                     previous = request
                     started.put_nowait(asyncio.create_task(self._answer(request, context)))

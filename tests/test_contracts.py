@@ -79,7 +79,7 @@ def test_every_rpc_has_a_resource_oriented_http_rule(tmp_path: Path) -> None:
                 rules[f"{service.name}.{method.name}"] = pattern
     assert rules == {
         "InferenceService.Predict": "/v1/models/{model}:predict",
-        "InferenceService.StreamPredict": "/v1/models/{model}:streamPredict",
+        "InferenceService.StreamPredict": "/v1/models:streamPredict",
         "ModelService.ListModels": "/v1/models",
         "ModelService.GetModelStatus": "/v1/models/{model}",
         "ModelService.GetModelMetadata": "/v1/models/{model}/metadata",

@@ -74,7 +74,8 @@ def test_bulk_stream_over_rest_is_newline_delimited_json(stack: ServerProcess, m
     x = mnist_inputs(mnist.x_test[:640])
     messages = [{"id": str(i), "inputs": {"keras_tensor": json_tensor(x[i : i + 64])}} for i in range(0, 640, 64)]
     messages.insert(3, {"id": "bad", "inputs": {"keras_tensor": json_tensor(x[:2, :5])}})
-    status, text = rest(stack, "POST", "/v1/models/mnist:streamPredict", messages)
+    messages[0]["model"] = "mnist"  # later messages inherit it
+    status, text = rest(stack, "POST", "/v1/models:streamPredict", messages)
     assert status == 200
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert [line["id"] for line in lines] == [m["id"] for m in messages]
@@ -199,3 +200,51 @@ def test_supervisor_exits_non_zero_when_a_child_dies(repository: Path, tmp_path:
     finally:
         if stack.process.poll() is None:
             stack.process.kill()
+
+
+def test_openapi_document_is_served_and_valid(stack: ServerProcess) -> None:
+    from openapi_spec_validator import validate
+
+    status, text = rest(stack, "GET", "/openapi.json")
+    assert status == 200
+    spec = json.loads(text)
+    validate(spec)
+    assert spec == json.loads((Path(__file__).resolve().parent.parent / "gateway" / "openapi.json").read_text())
+    predict = spec["paths"]["/v1/models/{model}:predict"]["post"]["responses"]
+    assert {"200", "400", "404", "429", "503", "504"} <= set(predict)
+    stream = spec["paths"]["/v1/models:streamPredict"]["post"]
+    assert "application/x-ndjson" in stream["responses"]["200"]["content"]
+    assert stream["requestBody"]["content"]["application/json"]["schema"]["type"] == "array"
+    status, page = rest(stack, "GET", "/docs")
+    assert status == 200 and "swagger-ui-bundle.js" in page
+
+
+def test_swagger_page_try_it_out_predicts(stack: ServerProcess, mnist: MnistData, tmp_path: Path) -> None:
+    """Headless Chromium (Debian's) opens /docs, runs "Try it out" on predict, reads the class off the page."""
+    from playwright.sync_api import sync_playwright
+
+    image = mnist_inputs(mnist.x_test[:1])
+    body = json.dumps({"inputs": {"keras_tensor": json_tensor(image)}})
+    chromium_flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=chromium_flags)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page.goto(f"{stack.gateway_url}/docs")
+            operation = page.locator("#operations-InferenceService-Predict")
+            operation.locator(".opblock-summary").first.click()
+            operation.locator(".try-out__btn").click()
+            operation.locator("input[placeholder='model']").fill("mnist")
+            operation.locator("textarea.body-param__text").fill(body)
+            operation.locator("button.execute").click()
+            live = operation.locator(".live-responses-table")
+            live.locator(".response-col_description pre").first.wait_for(timeout=30_000)
+            shown = live.locator(".response-col_description pre").first.inner_text()
+            status = live.locator("tr.response td.response-col_status").first.inner_text()
+            operation.screenshot(path=str(tmp_path / "docs-try-it-out.png"))
+        finally:
+            browser.close()
+    print(f"screenshot: {tmp_path / 'docs-try-it-out.png'}")
+    probabilities = json.loads(shown)["outputs"]["output_0"]["floatValues"]
+    assert status.strip() == "200"
+    assert int(np.argmax(probabilities)) == mnist.y_test[0]

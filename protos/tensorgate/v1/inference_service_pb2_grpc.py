@@ -75,6 +75,13 @@ class InferenceServiceServicer:
         and stops reading while that window is full, so a client that sends
         faster than the model answers is slowed down by HTTP/2 flow control
         instead of making the server buffer without bound.
+
+        Over REST the body is a JSON array of requests and the answers come back
+        as newline-delimited JSON while they are computed; name the model in the
+        first request (later ones inherit it). An error of one request is a line
+        with `error` set. If the stream itself fails midway, the HTTP status has
+        already been sent as 200: the body ends early, without the answers to the
+        remaining ids, and the client should retry those.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,32 @@
+# One entry point for people and CI. `make serve` runs the stack; `make test` installs everything and runs the suite.
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+
+.PHONY: serve test install install-dev system-packages generate bench
+
+# Python packages of the server (TensorFlow for the CPU, Envoy) in a virtual environment.
+install:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e ".[cpu]"
+
+# Debian tools the tests and generators use: protoc-gen-swagger, Chromium, h2load.
+system-packages:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-grpc-gateway chromium nghttp2-client >/dev/null
+
+install-dev: system-packages install
+	$(VENV)/bin/pip install -q -e ".[cpu,dev]"
+	npm ci --no-audit --no-fund --silent
+
+serve: install
+	$(VENV)/bin/tensorgate serve --train-if-empty
+
+test: install-dev
+	$(PYTHON) -m pytest
+
+# Regenerate stubs, descriptor set, OpenAPI document and docs assets from protos/.
+generate: install-dev
+	$(PYTHON) protos/generate.py
+
+bench: install-dev
+	$(PYTHON) bench/run.py
