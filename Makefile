@@ -12,7 +12,7 @@ install:
 # Debian tools the tests and generators use: protoc-gen-swagger, Chromium, h2load.
 system-packages:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-grpc-gateway chromium nghttp2-client >/dev/null
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-grpc-gateway chromium nghttp2-client wrk >/dev/null
 
 install-dev: system-packages install
 	$(VENV)/bin/pip install -q -e ".[cpu,dev]"

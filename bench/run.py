@@ -8,8 +8,9 @@ Measures, on the MNIST reference model (trained into --repository if missing):
   * unary Predict of one image at concurrency 1, 16, 64, batching on and off, load from h2load
     (requests/s, p50, p99, errors), each answer counted on the server's metrics;
   * bulk streaming of the 10,000 test images over one StreamPredict stream, 64 images a message;
+  * REST/JSON through Envoy (load from wrk) against direct gRPC at concurrency 1 and 64;
   * the server's peak RSS.
-Prints a table and writes JSON. Needs h2load (Debian package nghttp2-client).
+Prints a table and writes JSON. Needs h2load and wrk (Debian packages nghttp2-client, wrk).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     metrics_port: int
+    gateway_port: int
 
     def metric_sum(self, name: str) -> float:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -70,7 +72,12 @@ class Server:
         return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
 
     def peak_rss_mb(self) -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        """Peak RSS of the gRPC server process: the supervisor's child that runs ``serve --gateway false``."""
+        pid = self.process.pid
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            if b"tensorgate.clients.cli" in Path(f"/proc/{child}/cmdline").read_bytes():
+                pid = int(child)
+        status = Path(f"/proc/{pid}/status").read_text()
         return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
     def stop(self) -> None:
@@ -94,13 +101,37 @@ def wait_serving(port: int, process: subprocess.Popen[bytes]) -> None:
 
 
 def start_tensorgate(repository: Path, batching: bool, log: Path) -> Server:
-    port, metrics_port = free_port(), free_port()
+    """The whole stack (supervisor, server, Envoy) on free ports."""
+    port, metrics_port, gateway_port = free_port(), free_port(), free_port()
     command = [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--model-repository", str(repository)]
     command += ["--port", str(port), "--metrics-port", str(metrics_port), "--batching-enabled", str(batching).lower()]
+    command += ["--gateway-port", str(gateway_port), "--gateway-admin-port", str(free_port())]
     with log.open("ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     wait_serving(port, process)
-    return Server(process, port, metrics_port)
+    time.sleep(1)  # Envoy starts in a fraction of a second
+    return Server(process, port, metrics_port, gateway_port)
+
+
+def wrk(port: int, body: str, concurrency: int, seconds: int, tmp: Path) -> dict[str, float]:
+    """REST load from wrk: POST the JSON body to the predict route through Envoy."""
+    script = tmp / "predict.lua"
+    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{body}]]\n')
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script)]
+    url = f"http://127.0.0.1:{port}/v1/models/mnist:predict"
+    output = subprocess.run([*command, url], capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
+        "p50_ms": _wrk_latency_ms(output, "50%"),
+        "p99_ms": _wrk_latency_ms(output, "99%"),
+        "errors": int(non_2xx.group(1)) if non_2xx else 0,
+    }
+
+
+def _wrk_latency_ms(output: str, percentile: str) -> float:
+    value, unit = re.search(rf"^\s+{percentile}\s+([\d.]+)(us|ms|s)$", output, re.MULTILINE).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 def in_process_limit(model_dir: Path, x: np.ndarray, seconds: float) -> dict[int, float]:
@@ -203,6 +234,18 @@ def main() -> int:
     body = tmp / "predict.body"
     body.write_bytes(grpc_frame(request.SerializeToString()))
 
+    rest_body = json.dumps(
+        {
+            "inputs": {
+                "keras_tensor": {
+                    "dtype": "DATA_TYPE_FLOAT32",
+                    "shape": [1, 28, 28],
+                    "floatValues": x[0].ravel().tolist(),
+                }
+            }
+        }
+    )
+
     print("in-process limit ...", flush=True)
     in_process = in_process_limit(version_dir, x, args.duration / 2)
 
@@ -239,6 +282,7 @@ def main() -> int:
             results[label] = unary_runs(server, body, args.duration, tmp)
             if batching:
                 results["stream"] = streaming_run(server.port, x, mnist.y_test)
+                results["rest"] = {c: wrk(server.gateway_port, rest_body, c, args.duration, tmp) for c in (1, 64)}
             peak_rss = max(peak_rss, server.peak_rss_mb())
         finally:
             server.stop()
@@ -257,6 +301,8 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
         "batching_on_vs_off_c64": on64["requests_per_s"] / off64["requests_per_s"],
         "stream_vs_in_process_256": r["stream"]["images_per_s"] / r["in_process_examples_per_s"][256],
         "p99_c64_budget_ms": r["max_queue_delay_ms"] + 3 * on64["mean_batch_compute_ms"],
+        "rest_vs_grpc_c64": r["rest"][64]["requests_per_s"] / on64["requests_per_s"],
+        "rest_added_p50_ms_c1": r["rest"][1]["p50_ms"] - r["batching_on"][1]["p50_ms"],
     }
 
 
@@ -273,6 +319,11 @@ def print_table(r: dict[str, Any]) -> None:
                 f"| {name.replace('_', ' ')} unary, concurrency {c} | {run['requests_per_s']:,.0f} | "
                 f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {errors} | {mean_batch} |"
             )
+    for c, run in r["rest"].items():
+        print(
+            f"| REST through Envoy (wrk), concurrency {c} | {run['requests_per_s']:,.0f} | "
+            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} | |"
+        )
     print(f"| StreamPredict 10,000 images, 64/message | {r['stream']['images_per_s']:,.0f} | | | | |")
     print(f"| server peak RSS | {r['server_peak_rss_mb']:.0f} MB | | | | |")
     q = r["ratios"]
@@ -284,6 +335,8 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"| stream / in-process batch 256 | {q['stream_vs_in_process_256']:.2f} | >= 0.50 |")
     print(f"| p99 at c64, batching on | {p99:.2f} ms | <= {q['p99_c64_budget_ms']:.2f} ms |")
     print(f"| server peak RSS | {r['server_peak_rss_mb']:.0f} MB | <= 1024 MB |")
+    print(f"| REST c64 / direct gRPC c64 | {q['rest_vs_grpc_c64']:.2f} | >= 0.70 |")
+    print(f"| REST added p50 at c1 | {q['rest_added_p50_ms_c1']:.2f} ms | <= 1 ms |")
 
 
 if __name__ == "__main__":
