@@ -101,7 +101,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from tensorgate.server.app import run
     from tensorgate.server.config import load_config, set_nested
     from tensorgate.server.json_logging import setup_logging
 
@@ -118,10 +117,12 @@ def _serve(args: argparse.Namespace) -> int:
         train_mnist(repository, REFERENCE_MODEL)
     if not repository.is_dir():
         raise FileNotFoundError(f"model repository {repository} does not exist (use --train-if-empty to create one)")
-    if config.gateway:
+    if config.gateway:  # the supervisor itself never imports TensorFlow: the server child does
         from tensorgate.server.supervisor import supervise
 
         return supervise(config, argv_of_serve(args))
+    from tensorgate.server.app import run
+
     run(config)
     return 0
 
