@@ -28,7 +28,7 @@ from tensorgate.server.grpc_services import (
     ModelServicer,
     generic_handlers,
 )
-from tensorgate.server.loader import load_repository
+from tensorgate.server.manager import ModelManager
 from tensorgate.server.metrics import start_metrics_server
 from tensorgate.server.model_config import ModelConfig
 from tensorgate.server.registry import ModelRegistry
@@ -48,6 +48,8 @@ async def serve(config: ServerConfig) -> None:
     executor = ThreadPoolExecutor(config.model_workers, thread_name_prefix="model")
     limits = Limits(config.max_examples_per_request, config.max_tensor_elements, config.reject_non_finite)
     dataplane = DataPlane(registry, executor, config.model_workers, limits)
+    defaults = ModelConfig(device=config.device, batching=config.batching)
+    manager = ModelManager(config.model_repository, registry, dataplane, config.signature_name, defaults)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -56,7 +58,7 @@ async def serve(config: ServerConfig) -> None:
         ]
     )
     server.add_generic_rpc_handlers(
-        generic_handlers(InferenceServicer(dataplane, config.stream_window), ModelServicer(registry))
+        generic_handlers(InferenceServicer(dataplane, config.stream_window), ModelServicer(registry, manager))
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -77,10 +79,7 @@ async def serve(config: ServerConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    defaults = ModelConfig(device=config.device, batching=config.batching)
-    loading = asyncio.create_task(
-        asyncio.to_thread(load_repository, config.model_repository, registry, config.signature_name, defaults)
-    )
+    loading = asyncio.create_task(manager.reconcile_all())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
@@ -88,7 +87,10 @@ async def serve(config: ServerConfig) -> None:
         await health.set(INFERENCE_SERVICE, SERVING if registry.has_available() else NOT_SERVING)
         await health.set(OVERALL, SERVING)
         log.info("serving", extra={"fields": {"models": registry.model_names()}})
+    watcher = asyncio.create_task(manager.watch(config.poll_interval_s)) if config.poll_interval_s else None
     await stopping
+    if watcher is not None:
+        watcher.cancel()
 
     log.info("shutting down", extra={"fields": {"grace_s": config.shutdown_grace_s}})
     await health.enter_graceful_shutdown()

@@ -125,6 +125,16 @@ class Batcher:
         self._arrived.set()
         return await request.future  # cancelling the caller cancels the future: the batch loop skips it
 
+    async def drain(self) -> None:
+        """Wait until every queued and running request is answered, then close.
+
+        Call it once the version no longer resolves for new requests: nothing
+        can join the queue any more, so it empties.
+        """
+        while self._queue or self._running:
+            await asyncio.sleep(0.005)
+        await self.close()
+
     async def close(self) -> None:
         """Stop the batch loop, let running batches finish, and fail whatever is still queued."""
         self._loop_task.cancel()

@@ -37,6 +37,9 @@ class ServerConfig(BaseModel):
     model_repository: Path = Field(
         Path("models"), description="Root of the model repository: <root>/<model>/<version>/."
     )
+    poll_interval_s: float = Field(
+        2.0, ge=0, description="Seconds between scans of the repository for new or removed versions; 0 never scans."
+    )
     signature_name: str = Field("serving_default", description="SavedModel signature to serve.")
     gateway: bool = Field(True, description="Also run Envoy (REST/JSON, OpenAPI, docs) under one supervisor.")
     gateway_port: int = Field(8080, ge=0, le=65535, description="Envoy listener: gRPC and REST on one port.")

@@ -38,7 +38,8 @@ class DataPlane:
         self._executor = executor
         self._workers = workers
         self._limits = limits
-        self._batchers: dict[tuple[str, int], Batcher] = {}
+        # Keyed by the servable too: a reloaded copy of a version gets a batcher of its own.
+        self._batchers: dict[tuple[str, int, int], Batcher] = {}
 
     async def predict(
         self,
@@ -64,6 +65,12 @@ class DataPlane:
             outputs = {name: outputs[name] for name in output_filter}
         return Prediction(model=target.model, version=target.version, outputs=outputs)
 
+    async def retire(self, version: ModelVersion) -> None:
+        """Let a version copy that no longer takes requests finish the ones it has, and drop its batcher."""
+        batcher = self._batchers.pop((version.model, version.version, id(version.servable)), None)
+        if batcher is not None:
+            await batcher.drain()
+
     async def close(self) -> None:
         """Stop every batcher (after the server has stopped taking calls)."""
         for batcher in self._batchers.values():
@@ -71,7 +78,7 @@ class DataPlane:
         self._batchers.clear()
 
     def _batcher(self, version: ModelVersion, servable: Servable) -> Batcher:
-        key = (version.model, version.version)
+        key = (version.model, version.version, id(servable))
         batcher = self._batchers.get(key)
         if batcher is None:
             batcher = Batcher(

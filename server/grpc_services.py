@@ -22,6 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from tensorgate.server.dataplane import DataPlane, Prediction
 from tensorgate.server.errors import InvalidArgumentError, ResourceExhaustedError, ServingError
+from tensorgate.server.manager import ModelManager
 from tensorgate.server.registry import ModelRegistry, ModelVersion, VersionState
 from tensorgate.server.signature import TensorInfo
 from tensorgate.v1 import codec, inference_service_pb2, model_service_pb2, tensor_pb2
@@ -38,7 +39,15 @@ from tensorgate.v1.model_service_pb2 import (
     GetModelStatusResponse,
     ListModelsRequest,
     ListModelsResponse,
+    LoadModelRequest,
+    LoadModelResponse,
     ModelVersionState,
+    ReloadModelRequest,
+    ReloadModelResponse,
+    SetModelLabelsRequest,
+    SetModelLabelsResponse,
+    UnloadModelRequest,
+    UnloadModelResponse,
 )
 
 log = logging.getLogger(__name__)
@@ -198,6 +207,12 @@ class InferenceServicer:
         return response
 
 
+def _required_model(model: str) -> str:
+    if not model:
+        raise InvalidArgumentError("model is required")
+    return model
+
+
 def _done(response: StreamPredictResponse) -> asyncio.Future[StreamPredictResponse]:
     """An already answered slot of the stream (a message that could not even be parsed)."""
     future: asyncio.Future[StreamPredictResponse] = asyncio.get_running_loop().create_future()
@@ -221,20 +236,44 @@ def _version_status(version: ModelVersion) -> model_service_pb2.ModelVersionStat
 
 
 class ModelServicer:
-    """tensorgate.v1.ModelService."""
+    """tensorgate.v1.ModelService: status and metadata from the registry, admin calls through the manager."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, manager: ModelManager) -> None:
         self._registry = registry
+        self._manager = manager
+
+    def _model(self, name: str) -> model_service_pb2.Model:
+        versions = [_version_status(v) for v in self._registry.versions(name)]
+        return model_service_pb2.Model(name=name, versions=versions, labels=self._registry.labels(name))
 
     @_unary
     async def list_models(self, data: bytes, context: grpc.aio.ServicerContext) -> ListModelsResponse:
         _parse(ListModelsRequest, data)
-        return ListModelsResponse(
-            models=[
-                model_service_pb2.Model(name=name, versions=[_version_status(v) for v in self._registry.versions(name)])
-                for name in self._registry.model_names()
-            ]
-        )
+        return ListModelsResponse(models=[self._model(name) for name in self._registry.model_names()])
+
+    @_unary
+    async def load_model(self, data: bytes, context: grpc.aio.ServicerContext) -> LoadModelResponse:
+        request = _parse(LoadModelRequest, data)
+        await self._manager.load(_required_model(request.model), request.version)
+        return LoadModelResponse(model=self._model(request.model))
+
+    @_unary
+    async def unload_model(self, data: bytes, context: grpc.aio.ServicerContext) -> UnloadModelResponse:
+        request = _parse(UnloadModelRequest, data)
+        await self._manager.unload(_required_model(request.model), request.version)
+        return UnloadModelResponse(model=self._model(request.model))
+
+    @_unary
+    async def reload_model(self, data: bytes, context: grpc.aio.ServicerContext) -> ReloadModelResponse:
+        request = _parse(ReloadModelRequest, data)
+        await self._manager.reload(_required_model(request.model), request.version)
+        return ReloadModelResponse(model=self._model(request.model))
+
+    @_unary
+    async def set_model_labels(self, data: bytes, context: grpc.aio.ServicerContext) -> SetModelLabelsResponse:
+        request = _parse(SetModelLabelsRequest, data)
+        await self._manager.set_labels(_required_model(request.model), dict(request.labels))
+        return SetModelLabelsResponse(model=self._model(request.model))
 
     @_unary
     async def get_model_status(self, data: bytes, context: grpc.aio.ServicerContext) -> GetModelStatusResponse:
@@ -245,7 +284,11 @@ class ModelServicer:
             versions = [self._registry.find(request.model, request.version)]
         else:
             versions = self._registry.versions(request.model)
-        model = model_service_pb2.Model(name=request.model, versions=[_version_status(v) for v in versions])
+        model = model_service_pb2.Model(
+            name=request.model,
+            versions=[_version_status(v) for v in versions],
+            labels=self._registry.labels(request.model),
+        )
         return GetModelStatusResponse(model=model)
 
     @_unary
@@ -288,6 +331,18 @@ def generic_handlers(inference: InferenceServicer, models: ModelServicer) -> lis
                 ),
                 "GetModelMetadata": grpc.unary_unary_rpc_method_handler(
                     models.get_model_metadata, response_serializer=GetModelMetadataResponse.SerializeToString
+                ),
+                "LoadModel": grpc.unary_unary_rpc_method_handler(
+                    models.load_model, response_serializer=LoadModelResponse.SerializeToString
+                ),
+                "UnloadModel": grpc.unary_unary_rpc_method_handler(
+                    models.unload_model, response_serializer=UnloadModelResponse.SerializeToString
+                ),
+                "ReloadModel": grpc.unary_unary_rpc_method_handler(
+                    models.reload_model, response_serializer=ReloadModelResponse.SerializeToString
+                ),
+                "SetModelLabels": grpc.unary_unary_rpc_method_handler(
+                    models.set_model_labels, response_serializer=SetModelLabelsResponse.SerializeToString
                 ),
             },
         ),

@@ -43,6 +43,16 @@ DROPPED = Counter(
     ["model", "version", "reason"],
 )
 
+LOAD_SECONDS = Histogram(
+    "tensorgate_model_load_duration_seconds",
+    "Time to load and warm up a model version.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+LOAD_FAILURES = Counter(
+    "tensorgate_model_load_failures_total", "Versions (or configurations) that failed to load.", ["model"]
+)
+
 
 def start_metrics_server(host: str, port: int) -> int:
     """Serve /metrics over HTTP on a background thread; returns the bound port (``port`` 0 picks one)."""

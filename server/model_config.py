@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tensorgate.server.batching import BatchingConfig
 from tensorgate.server.config import DEVICE_PATTERN, merge_nested
@@ -33,6 +34,34 @@ class ModelConfig(BaseModel):
 
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu or gpu:N.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Dynamic batching knobs.")
+    version_policy: Literal["latest", "all", "specific"] = Field(
+        "latest", description="Which versions on disk are served: the newest latest_count, all, or specific_versions."
+    )
+    latest_count: int = Field(1, ge=1, description="Versions served under the 'latest' policy.")
+    specific_versions: tuple[int, ...] = Field((), description="Versions served under the 'specific' policy.")
+    labels: dict[str, int] = Field(
+        default_factory=dict, description="Names a request may use instead of a number, e.g. stable = 3."
+    )
+    allow_signature_change: bool = Field(
+        False, description="Serve a new version whose signature would break callers of the current one."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.version_policy == "specific" and not self.specific_versions:
+            raise ValueError("version_policy 'specific' needs specific_versions")
+        for label in self.labels:
+            if not label or label.isdigit():
+                raise ValueError(f"label {label!r} must be a non-empty name, not a number")
+        return self
+
+    def wanted(self, on_disk: list[int]) -> set[int]:
+        """The versions of ``on_disk`` this policy serves."""
+        if self.version_policy == "all":
+            return set(on_disk)
+        if self.version_policy == "specific":
+            return set(on_disk) & set(self.specific_versions)
+        return set(sorted(on_disk)[-self.latest_count :])
 
 
 def load_model_config(model_dir: Path, defaults: ModelConfig) -> ModelConfig:

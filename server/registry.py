@@ -45,6 +45,7 @@ class ModelRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._models: dict[str, dict[int, ModelVersion]] = {}
+        self._labels: dict[str, dict[str, int]] = {}
 
     def add_model(self, model: str) -> None:
         """Make a model known, even before any of its versions loads."""
@@ -55,6 +56,29 @@ class ModelRegistry:
         """Insert or replace one version (a state change)."""
         with self._lock:
             self._models.setdefault(version.model, {})[version.version] = version
+
+    def remove(self, model: str, version: int) -> None:
+        """Forget one version (after it has drained)."""
+        with self._lock:
+            self._models.get(model, {}).pop(version, None)
+
+    def remove_model(self, model: str) -> None:
+        """Forget a model whose directory is gone."""
+        with self._lock:
+            self._models.pop(model, None)
+            self._labels.pop(model, None)
+
+    def set_labels(self, model: str, labels: dict[str, int]) -> None:
+        """Replace a model's labels; each request that names a label resolves it at that moment."""
+        with self._lock:
+            if model not in self._models:
+                raise NotFoundError(self._unknown_model_message(model))
+            self._labels[model] = dict(labels)
+
+    def labels(self, model: str) -> dict[str, int]:
+        """The model's labels (label → version)."""
+        with self._lock:
+            return dict(self._labels.get(model, {}))
 
     def model_names(self) -> list[str]:
         """Every known model, sorted."""
@@ -75,8 +99,8 @@ class ModelRegistry:
             return any(v.state is VersionState.AVAILABLE for vs in self._models.values() for v in vs.values())
 
     def find(self, model: str, version: str) -> ModelVersion:
-        """The named version in any state. NOT_FOUND when it is unknown."""
-        number = parse_version(version)
+        """The version named by number or label, in any state. NOT_FOUND when it is unknown."""
+        number = self._version_number(model, version)
         for candidate in self.versions(model):
             if candidate.version == number:
                 return candidate
@@ -101,6 +125,16 @@ class ModelRegistry:
                 return candidate
         detail = "; ".join(f"version {v.version} is {_state_text(v)}" for v in versions) or "no version on disk"
         raise UnavailableError(f"model {model!r} has no available version: {detail}")
+
+    def _version_number(self, model: str, version: str) -> int:
+        if version.isdigit():
+            return parse_version(version)
+        label = self.labels(model).get(version)
+        if label is None:
+            self.versions(model)  # NOT_FOUND for an unknown model first
+            known = ", ".join(sorted(self.labels(model))) or "none"
+            raise NotFoundError(f"model {model!r} has no version label {version!r}; labels: {known}")
+        return label
 
     def _known(self, model: str) -> str:
         return ", ".join(str(v.version) for v in self.versions(model)) or "none"

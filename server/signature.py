@@ -44,3 +44,25 @@ class Servable(Protocol):
     device: str
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def breaking_changes(current: Signature, new: Signature) -> list[str]:
+    """What in ``new`` would break a caller of ``current``: inputs that appear, disappear or change dtype or
+    shape, and outputs that disappear or change dtype or shape. New outputs break nothing."""
+    problems = []
+    for name in sorted(set(new.inputs) - set(current.inputs)):
+        problems.append(f"new input {name!r}")
+    for kind, old_specs, new_specs in (("input", current.inputs, new.inputs), ("output", current.outputs, new.outputs)):
+        for name, old in sorted(old_specs.items()):
+            changed = new_specs.get(name)
+            if changed is None:
+                problems.append(f"{kind} {name!r} removed")
+            elif changed.dtype != old.dtype or not _shapes_compatible(old.shape, changed.shape):
+                problems.append(f"{kind} {name!r} changed from {old.describe()} to {changed.describe()}")
+    return problems
+
+
+def _shapes_compatible(old: tuple[int, ...] | None, new: tuple[int, ...] | None) -> bool:
+    if old is None or new is None:
+        return old is None and new is None
+    return len(old) == len(new) and all(a == b or -1 in (a, b) for a, b in zip(old, new, strict=True))

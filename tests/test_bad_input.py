@@ -37,7 +37,12 @@ def typed(dtype: int, shape: list[int], **values: list[float]) -> Tensor:
 BAD_REQUESTS: dict[str, tuple[PredictRequest, grpc.StatusCode, str]] = {
     "unknown model": (request_with(raw(GOOD), model="nope"), grpc.StatusCode.NOT_FOUND, "model 'nope' not found"),
     "unknown version": (request_with(raw(GOOD), version="7"), grpc.StatusCode.NOT_FOUND, "has no version 7"),
-    "malformed version": (request_with(raw(GOOD), version="latest"), grpc.StatusCode.INVALID_ARGUMENT, "positive"),
+    "version zero": (request_with(raw(GOOD), version="0"), grpc.StatusCode.INVALID_ARGUMENT, "positive"),
+    "unknown label": (
+        request_with(raw(GOOD), version="stable"),
+        grpc.StatusCode.NOT_FOUND,
+        "no version label 'stable'",
+    ),
     "no model": (request_with(raw(GOOD), model=""), grpc.StatusCode.INVALID_ARGUMENT, "model is required"),
     "wrong input name": (
         request_with(raw(GOOD), name="image"),

@@ -83,4 +83,8 @@ def test_every_rpc_has_a_resource_oriented_http_rule(tmp_path: Path) -> None:
         "ModelService.ListModels": "/v1/models",
         "ModelService.GetModelStatus": "/v1/models/{model}",
         "ModelService.GetModelMetadata": "/v1/models/{model}/metadata",
+        "ModelService.LoadModel": "/v1/models/{model}:load",
+        "ModelService.UnloadModel": "/v1/models/{model}:unload",
+        "ModelService.ReloadModel": "/v1/models/{model}:reload",
+        "ModelService.SetModelLabels": "/v1/models/{model}:setLabels",
     }

@@ -26,37 +26,69 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from tensorgate.v1 import tensor_pb2 as tensorgate_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tensorgate/v1/model_service.proto\x12\rtensorgate.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1atensorgate/v1/tensor.proto\"u\n\x12ModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .tensorgate.v1.ModelVersionState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\"J\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x08versions\x18\x02 \x03(\x0b\x32!.tensorgate.v1.ModelVersionStatus\"\x13\n\x11ListModelsRequest\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tensorgate.v1.Model\"7\n\x15GetModelStatusRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"=\n\x16GetModelStatusResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tensorgate.v1.Model\"9\n\x17GetModelMetadataRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\xa9\x01\n\x18GetModelMetadataResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0esignature_name\x18\x03 \x01(\t\x12)\n\x06inputs\x18\x04 \x03(\x0b\x32\x19.tensorgate.v1.TensorSpec\x12*\n\x07outputs\x18\x05 \x03(\x0b\x32\x19.tensorgate.v1.TensorSpec*\xbf\x01\n\x11ModelVersionState\x12#\n\x1fMODEL_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMODEL_VERSION_STATE_LOADING\x10\x01\x12!\n\x1dMODEL_VERSION_STATE_AVAILABLE\x10\x02\x12\x1e\n\x1aMODEL_VERSION_STATE_FAILED\x10\x03\x12!\n\x1dMODEL_VERSION_STATE_UNLOADING\x10\x04\x32\xd7\x03\n\x0cModelService\x12\x65\n\nListModels\x12 .tensorgate.v1.ListModelsRequest\x1a!.tensorgate.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12\xa2\x01\n\x0eGetModelStatus\x12$.tensorgate.v1.GetModelStatusRequest\x1a%.tensorgate.v1.GetModelStatusResponse\"C\x82\xd3\xe4\x93\x02=\x12\x12/v1/models/{model}Z\'\x12%/v1/models/{model}/versions/{version}\x12\xba\x01\n\x10GetModelMetadata\x12&.tensorgate.v1.GetModelMetadataRequest\x1a\'.tensorgate.v1.GetModelMetadataResponse\"U\x82\xd3\xe4\x93\x02O\x12\x1b/v1/models/{model}/metadataZ0\x12./v1/models/{model}/versions/{version}/metadatab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tensorgate/v1/model_service.proto\x12\rtensorgate.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1atensorgate/v1/tensor.proto\"u\n\x12ModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .tensorgate.v1.ModelVersionState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\"\xab\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x08versions\x18\x02 \x03(\x0b\x32!.tensorgate.v1.ModelVersionStatus\x12\x30\n\x06labels\x18\x03 \x03(\x0b\x32 .tensorgate.v1.Model.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x13\n\x11ListModelsRequest\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tensorgate.v1.Model\"7\n\x15GetModelStatusRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"=\n\x16GetModelStatusResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tensorgate.v1.Model\"9\n\x17GetModelMetadataRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\xa9\x01\n\x18GetModelMetadataResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0esignature_name\x18\x03 \x01(\t\x12)\n\x06inputs\x18\x04 \x03(\x0b\x32\x19.tensorgate.v1.TensorSpec\x12*\n\x07outputs\x18\x05 \x03(\x0b\x32\x19.tensorgate.v1.TensorSpec\"2\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"8\n\x11LoadModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tensorgate.v1.Model\"4\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\":\n\x13UnloadModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tensorgate.v1.Model\"4\n\x12ReloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\":\n\x13ReloadModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tensorgate.v1.Model\"\x97\x01\n\x15SetModelLabelsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12@\n\x06labels\x18\x02 \x03(\x0b\x32\x30.tensorgate.v1.SetModelLabelsRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"=\n\x16SetModelLabelsResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tensorgate.v1.Model*\xbf\x01\n\x11ModelVersionState\x12#\n\x1fMODEL_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMODEL_VERSION_STATE_LOADING\x10\x01\x12!\n\x1dMODEL_VERSION_STATE_AVAILABLE\x10\x02\x12\x1e\n\x1aMODEL_VERSION_STATE_FAILED\x10\x03\x12!\n\x1dMODEL_VERSION_STATE_UNLOADING\x10\x04\x32\xcc\x07\n\x0cModelService\x12\x65\n\nListModels\x12 .tensorgate.v1.ListModelsRequest\x1a!.tensorgate.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12\xa2\x01\n\x0eGetModelStatus\x12$.tensorgate.v1.GetModelStatusRequest\x1a%.tensorgate.v1.GetModelStatusResponse\"C\x82\xd3\xe4\x93\x02=\x12\x12/v1/models/{model}Z\'\x12%/v1/models/{model}/versions/{version}\x12\xba\x01\n\x10GetModelMetadata\x12&.tensorgate.v1.GetModelMetadataRequest\x1a\'.tensorgate.v1.GetModelMetadataResponse\"U\x82\xd3\xe4\x93\x02O\x12\x1b/v1/models/{model}/metadataZ0\x12./v1/models/{model}/versions/{version}/metadata\x12r\n\tLoadModel\x12\x1f.tensorgate.v1.LoadModelRequest\x1a .tensorgate.v1.LoadModelResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/models/{model}:load:\x01*\x12z\n\x0bUnloadModel\x12!.tensorgate.v1.UnloadModelRequest\x1a\".tensorgate.v1.UnloadModelResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/models/{model}:unload:\x01*\x12z\n\x0bReloadModel\x12!.tensorgate.v1.ReloadModelRequest\x1a\".tensorgate.v1.ReloadModelResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/models/{model}:reload:\x01*\x12\x86\x01\n\x0eSetModelLabels\x12$.tensorgate.v1.SetModelLabelsRequest\x1a%.tensorgate.v1.SetModelLabelsResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/models/{model}:setLabels:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tensorgate.v1.model_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MODEL_LABELSENTRY']._loaded_options = None
+  _globals['_MODEL_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_SETMODELLABELSREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_SETMODELLABELSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_MODELSERVICE'].methods_by_name['ListModels']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/models'
   _globals['_MODELSERVICE'].methods_by_name['GetModelStatus']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['GetModelStatus']._serialized_options = b'\202\323\344\223\002=\022\022/v1/models/{model}Z\'\022%/v1/models/{model}/versions/{version}'
   _globals['_MODELSERVICE'].methods_by_name['GetModelMetadata']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['GetModelMetadata']._serialized_options = b'\202\323\344\223\002O\022\033/v1/models/{model}/metadataZ0\022./v1/models/{model}/versions/{version}/metadata'
-  _globals['_MODELVERSIONSTATE']._serialized_start=738
-  _globals['_MODELVERSIONSTATE']._serialized_end=929
+  _globals['_MODELSERVICE'].methods_by_name['LoadModel']._loaded_options = None
+  _globals['_MODELSERVICE'].methods_by_name['LoadModel']._serialized_options = b'\202\323\344\223\002\034\"\027/v1/models/{model}:load:\001*'
+  _globals['_MODELSERVICE'].methods_by_name['UnloadModel']._loaded_options = None
+  _globals['_MODELSERVICE'].methods_by_name['UnloadModel']._serialized_options = b'\202\323\344\223\002\036\"\031/v1/models/{model}:unload:\001*'
+  _globals['_MODELSERVICE'].methods_by_name['ReloadModel']._loaded_options = None
+  _globals['_MODELSERVICE'].methods_by_name['ReloadModel']._serialized_options = b'\202\323\344\223\002\036\"\031/v1/models/{model}:reload:\001*'
+  _globals['_MODELSERVICE'].methods_by_name['SetModelLabels']._loaded_options = None
+  _globals['_MODELSERVICE'].methods_by_name['SetModelLabels']._serialized_options = b'\202\323\344\223\002!\"\034/v1/models/{model}:setLabels:\001*'
+  _globals['_MODELVERSIONSTATE']._serialized_start=1391
+  _globals['_MODELVERSIONSTATE']._serialized_end=1582
   _globals['_MODELVERSIONSTATUS']._serialized_start=110
   _globals['_MODELVERSIONSTATUS']._serialized_end=227
-  _globals['_MODEL']._serialized_start=229
-  _globals['_MODEL']._serialized_end=303
-  _globals['_LISTMODELSREQUEST']._serialized_start=305
-  _globals['_LISTMODELSREQUEST']._serialized_end=324
-  _globals['_LISTMODELSRESPONSE']._serialized_start=326
-  _globals['_LISTMODELSRESPONSE']._serialized_end=384
-  _globals['_GETMODELSTATUSREQUEST']._serialized_start=386
-  _globals['_GETMODELSTATUSREQUEST']._serialized_end=441
-  _globals['_GETMODELSTATUSRESPONSE']._serialized_start=443
-  _globals['_GETMODELSTATUSRESPONSE']._serialized_end=504
-  _globals['_GETMODELMETADATAREQUEST']._serialized_start=506
-  _globals['_GETMODELMETADATAREQUEST']._serialized_end=563
-  _globals['_GETMODELMETADATARESPONSE']._serialized_start=566
-  _globals['_GETMODELMETADATARESPONSE']._serialized_end=735
-  _globals['_MODELSERVICE']._serialized_start=932
-  _globals['_MODELSERVICE']._serialized_end=1403
+  _globals['_MODEL']._serialized_start=230
+  _globals['_MODEL']._serialized_end=401
+  _globals['_MODEL_LABELSENTRY']._serialized_start=356
+  _globals['_MODEL_LABELSENTRY']._serialized_end=401
+  _globals['_LISTMODELSREQUEST']._serialized_start=403
+  _globals['_LISTMODELSREQUEST']._serialized_end=422
+  _globals['_LISTMODELSRESPONSE']._serialized_start=424
+  _globals['_LISTMODELSRESPONSE']._serialized_end=482
+  _globals['_GETMODELSTATUSREQUEST']._serialized_start=484
+  _globals['_GETMODELSTATUSREQUEST']._serialized_end=539
+  _globals['_GETMODELSTATUSRESPONSE']._serialized_start=541
+  _globals['_GETMODELSTATUSRESPONSE']._serialized_end=602
+  _globals['_GETMODELMETADATAREQUEST']._serialized_start=604
+  _globals['_GETMODELMETADATAREQUEST']._serialized_end=661
+  _globals['_GETMODELMETADATARESPONSE']._serialized_start=664
+  _globals['_GETMODELMETADATARESPONSE']._serialized_end=833
+  _globals['_LOADMODELREQUEST']._serialized_start=835
+  _globals['_LOADMODELREQUEST']._serialized_end=885
+  _globals['_LOADMODELRESPONSE']._serialized_start=887
+  _globals['_LOADMODELRESPONSE']._serialized_end=943
+  _globals['_UNLOADMODELREQUEST']._serialized_start=945
+  _globals['_UNLOADMODELREQUEST']._serialized_end=997
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=999
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1057
+  _globals['_RELOADMODELREQUEST']._serialized_start=1059
+  _globals['_RELOADMODELREQUEST']._serialized_end=1111
+  _globals['_RELOADMODELRESPONSE']._serialized_start=1113
+  _globals['_RELOADMODELRESPONSE']._serialized_end=1171
+  _globals['_SETMODELLABELSREQUEST']._serialized_start=1174
+  _globals['_SETMODELLABELSREQUEST']._serialized_end=1325
+  _globals['_SETMODELLABELSREQUEST_LABELSENTRY']._serialized_start=356
+  _globals['_SETMODELLABELSREQUEST_LABELSENTRY']._serialized_end=401
+  _globals['_SETMODELLABELSRESPONSE']._serialized_start=1327
+  _globals['_SETMODELLABELSRESPONSE']._serialized_end=1388
+  _globals['_MODELSERVICE']._serialized_start=1585
+  _globals['_MODELSERVICE']._serialized_end=2557
 # @@protoc_insertion_point(module_scope)

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 class ModelServiceStub:
     """ModelService tells which models are served, the state of their versions,
-    and the serving signature callers must follow.
+    and the serving signature callers must follow; its admin methods load,
+    unload and reload versions and move labels while the server serves.
     """
 
     def __init__(self, channel):
@@ -51,11 +52,32 @@ class ModelServiceStub:
                 request_serializer=tensorgate_dot_v1_dot_model__service__pb2.GetModelMetadataRequest.SerializeToString,
                 response_deserializer=tensorgate_dot_v1_dot_model__service__pb2.GetModelMetadataResponse.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/tensorgate.v1.ModelService/LoadModel',
+                request_serializer=tensorgate_dot_v1_dot_model__service__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=tensorgate_dot_v1_dot_model__service__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/tensorgate.v1.ModelService/UnloadModel',
+                request_serializer=tensorgate_dot_v1_dot_model__service__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=tensorgate_dot_v1_dot_model__service__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
+        self.ReloadModel = channel.unary_unary(
+                '/tensorgate.v1.ModelService/ReloadModel',
+                request_serializer=tensorgate_dot_v1_dot_model__service__pb2.ReloadModelRequest.SerializeToString,
+                response_deserializer=tensorgate_dot_v1_dot_model__service__pb2.ReloadModelResponse.FromString,
+                _registered_method=True)
+        self.SetModelLabels = channel.unary_unary(
+                '/tensorgate.v1.ModelService/SetModelLabels',
+                request_serializer=tensorgate_dot_v1_dot_model__service__pb2.SetModelLabelsRequest.SerializeToString,
+                response_deserializer=tensorgate_dot_v1_dot_model__service__pb2.SetModelLabelsResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
     """ModelService tells which models are served, the state of their versions,
-    and the serving signature callers must follow.
+    and the serving signature callers must follow; its admin methods load,
+    unload and reload versions and move labels while the server serves.
     """
 
     def ListModels(self, request, context):
@@ -83,6 +105,45 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadModel(self, request, context):
+        """LoadModel serves a version even if the model's version policy would not
+        (or, without a version, everything the policy wants). The version is
+        loaded, signature-checked and warmed up before it takes requests. Returns
+        the model's status afterwards; a version that failed shows as FAILED.
+        NOT_FOUND when the model or version is not in the repository.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """UnloadModel stops serving a version (or, without a version, the whole
+        model) until the next ReloadModel: it stops taking requests, finishes
+        those it has, and is released. NOT_FOUND when it is not loaded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadModel(self, request, context):
+        """ReloadModel re-reads the model's configuration, retries failed versions
+        and loads fresh copies of the served versions (or of the named one),
+        swapping each in only once it is ready. Clears what LoadModel,
+        UnloadModel and SetModelLabels had changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetModelLabels(self, request, context):
+        """SetModelLabels points labels (such as "stable" or "canary") at versions;
+        requests may name a label instead of a version number. Every labelled
+        version must be AVAILABLE, otherwise INVALID_ARGUMENT and nothing changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -101,6 +162,26 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     request_deserializer=tensorgate_dot_v1_dot_model__service__pb2.GetModelMetadataRequest.FromString,
                     response_serializer=tensorgate_dot_v1_dot_model__service__pb2.GetModelMetadataResponse.SerializeToString,
             ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=tensorgate_dot_v1_dot_model__service__pb2.LoadModelRequest.FromString,
+                    response_serializer=tensorgate_dot_v1_dot_model__service__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=tensorgate_dot_v1_dot_model__service__pb2.UnloadModelRequest.FromString,
+                    response_serializer=tensorgate_dot_v1_dot_model__service__pb2.UnloadModelResponse.SerializeToString,
+            ),
+            'ReloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadModel,
+                    request_deserializer=tensorgate_dot_v1_dot_model__service__pb2.ReloadModelRequest.FromString,
+                    response_serializer=tensorgate_dot_v1_dot_model__service__pb2.ReloadModelResponse.SerializeToString,
+            ),
+            'SetModelLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelLabels,
+                    request_deserializer=tensorgate_dot_v1_dot_model__service__pb2.SetModelLabelsRequest.FromString,
+                    response_serializer=tensorgate_dot_v1_dot_model__service__pb2.SetModelLabelsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'tensorgate.v1.ModelService', rpc_method_handlers)
@@ -111,7 +192,8 @@ def add_ModelServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ModelService:
     """ModelService tells which models are served, the state of their versions,
-    and the serving signature callers must follow.
+    and the serving signature callers must follow; its admin methods load,
+    unload and reload versions and move labels while the server serves.
     """
 
     @staticmethod
@@ -185,6 +267,114 @@ class ModelService:
             '/tensorgate.v1.ModelService/GetModelMetadata',
             tensorgate_dot_v1_dot_model__service__pb2.GetModelMetadataRequest.SerializeToString,
             tensorgate_dot_v1_dot_model__service__pb2.GetModelMetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgate.v1.ModelService/LoadModel',
+            tensorgate_dot_v1_dot_model__service__pb2.LoadModelRequest.SerializeToString,
+            tensorgate_dot_v1_dot_model__service__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgate.v1.ModelService/UnloadModel',
+            tensorgate_dot_v1_dot_model__service__pb2.UnloadModelRequest.SerializeToString,
+            tensorgate_dot_v1_dot_model__service__pb2.UnloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgate.v1.ModelService/ReloadModel',
+            tensorgate_dot_v1_dot_model__service__pb2.ReloadModelRequest.SerializeToString,
+            tensorgate_dot_v1_dot_model__service__pb2.ReloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgate.v1.ModelService/SetModelLabels',
+            tensorgate_dot_v1_dot_model__service__pb2.SetModelLabelsRequest.SerializeToString,
+            tensorgate_dot_v1_dot_model__service__pb2.SetModelLabelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
