@@ -248,3 +248,18 @@ def test_swagger_page_try_it_out_predicts(stack: ServerProcess, mnist: MnistData
     probabilities = json.loads(shown)["outputs"]["output_0"]["floatValues"]
     assert status.strip() == "200"
     assert int(np.argmax(probabilities)) == mnist.y_test[0]
+
+
+def test_admin_rpcs_over_rest(stack: ServerProcess) -> None:
+    status, text = rest(stack, "POST", "/v1/models/mnist:setLabels", {"labels": {"stable": 1}})
+    assert status == 200, text
+    assert json.loads(text)["model"]["labels"] == {"stable": "1"}
+    body = {"inputs": {"keras_tensor": json_tensor(np.zeros((1, 28, 28), np.float32))}}
+    status, text = rest(stack, "POST", "/v1/models/mnist/versions/stable:predict", body)
+    assert status == 200 and json.loads(text)["version"] == "1"
+    status, text = rest(stack, "POST", "/v1/models/mnist:setLabels", {"labels": {"stable": 5}})
+    assert status == 400 and "not available" in json.loads(text)["message"]
+    status, text = rest(stack, "POST", "/v1/models/mnist:reload", {})
+    assert status == 200 and json.loads(text)["model"]["versions"][0]["state"] == "MODEL_VERSION_STATE_AVAILABLE"
+    status, text = rest(stack, "POST", "/v1/models/mnist:load", {"version": "3"})
+    assert status == 404
