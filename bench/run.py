@@ -9,6 +9,7 @@ Measures, on the MNIST reference model (trained into --repository if missing):
     (requests/s, p50, p99, errors), each answer counted on the server's metrics;
   * bulk streaming of the 10,000 test images over one StreamPredict stream, 64 images a message;
   * REST/JSON through Envoy (load from wrk) against direct gRPC at concurrency 1 and 64;
+  * reload under load: p99 and failed requests while two new versions are rolled in, against steady state;
   * the server's peak RSS.
 Prints a table and writes JSON. Needs h2load and wrk (Debian packages nghttp2-client, wrk).
 """
@@ -26,6 +27,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -100,10 +102,10 @@ def wait_serving(port: int, process: subprocess.Popen[bytes]) -> None:
     raise TimeoutError("server did not become SERVING")
 
 
-def start_tensorgate(repository: Path, batching: bool, log: Path) -> Server:
+def start_tensorgate(repository: Path, batching: bool, log: Path, *extra: str) -> Server:
     """The whole stack (supervisor, server, Envoy) on free ports."""
     port, metrics_port, gateway_port = free_port(), free_port(), free_port()
-    command = [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--model-repository", str(repository)]
+    command = [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--model-repository", str(repository), *extra]
     command += ["--port", str(port), "--metrics-port", str(metrics_port), "--batching-enabled", str(batching).lower()]
     command += ["--gateway-port", str(gateway_port), "--gateway-admin-port", str(free_port())]
     with log.open("ab") as out:
@@ -193,6 +195,40 @@ def unary_runs(server: Server, body: Path, seconds: int, tmp: Path) -> dict[int,
         result["mean_batch_compute_ms"] = 1000 * compute_s / calls if calls else 0.0
         runs[concurrency] = result
     return runs
+
+
+def reload_under_load(version_dir: Path, body: Path, seconds: int, tmp: Path, log: Path) -> dict[str, Any]:
+    """h2load at concurrency 16: once steady, once while versions 2 and 3 are written into the repository."""
+    root = tmp / "reload-repository"
+    shutil.copytree(version_dir, root / "mnist" / "1")
+    server = start_tensorgate(root, True, log, "--poll-interval-s", "0.2")
+    try:
+        steady = unary_runs_at(server, body, 16, seconds, tmp / "steady.log")
+
+        def roll_in() -> None:
+            for version in (2, 3):
+                time.sleep(seconds / 3)
+                shutil.copytree(version_dir, root / "mnist" / f".incoming-{version}")
+                (root / "mnist" / f".incoming-{version}").rename(root / "mnist" / str(version))
+
+        roller = threading.Thread(target=roll_in)
+        roller.start()
+        switching = unary_runs_at(server, body, 16, seconds, tmp / "switching.log")
+        roller.join()
+        with TensorgateClient(f"127.0.0.1:{server.port}") as client:
+            served = [v.version for v in client.model_status("mnist").versions]
+    finally:
+        server.stop()
+    return {"steady": steady, "switching": switching, "versions_after": served}
+
+
+def unary_runs_at(server: Server, body: Path, concurrency: int, seconds: int, log_file: Path) -> dict[str, float]:
+    before = server.metric_sum("tensorgate_model_examples_total")
+    result = h2load(server.port, body, concurrency, seconds, log_file)
+    result["answers_not_run_by_model"] = max(
+        0, int(result["done"] - (server.metric_sum("tensorgate_model_examples_total") - before))
+    )
+    return result
 
 
 def streaming_run(port: int, x: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -287,6 +323,8 @@ def main() -> int:
         finally:
             server.stop()
     results["server_peak_rss_mb"] = peak_rss
+    print("reload under load ...", flush=True)
+    results["reload"] = reload_under_load(version_dir, body, args.duration * 2, tmp, log)
     results["ratios"] = ratios(results)
     args.output.write_text(json.dumps(results, indent=2))
     print_table(results)
@@ -302,6 +340,7 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
         "stream_vs_in_process_256": r["stream"]["images_per_s"] / r["in_process_examples_per_s"][256],
         "p99_c64_budget_ms": r["max_queue_delay_ms"] + 3 * on64["mean_batch_compute_ms"],
         "rest_vs_grpc_c64": r["rest"][64]["requests_per_s"] / on64["requests_per_s"],
+        "reload_p99_vs_steady": r["reload"]["switching"]["p99_ms"] / r["reload"]["steady"]["p99_ms"],
         "rest_added_p50_ms_c1": r["rest"][1]["p50_ms"] - r["batching_on"][1]["p50_ms"],
     }
 
@@ -325,6 +364,13 @@ def print_table(r: dict[str, Any]) -> None:
             f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} | |"
         )
     print(f"| StreamPredict 10,000 images, 64/message | {r['stream']['images_per_s']:,.0f} | | | | |")
+    for phase in ("steady", "switching"):
+        run = r["reload"][phase]
+        errors = run["errors"] + run["answers_not_run_by_model"]
+        print(
+            f"| unary c16, {phase} (reload case) | {run['requests_per_s']:,.0f} | "
+            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {errors} | |"
+        )
     print(f"| server peak RSS | {r['server_peak_rss_mb']:.0f} MB | | | | |")
     q = r["ratios"]
     p99 = r["batching_on"][64]["p99_ms"]
@@ -337,6 +383,10 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"| server peak RSS | {r['server_peak_rss_mb']:.0f} MB | <= 1024 MB |")
     print(f"| REST c64 / direct gRPC c64 | {q['rest_vs_grpc_c64']:.2f} | >= 0.70 |")
     print(f"| REST added p50 at c1 | {q['rest_added_p50_ms_c1']:.2f} ms | <= 1 ms |")
+    switching = r["reload"]["switching"]
+    failed = switching["errors"] + switching["answers_not_run_by_model"]
+    print(f"| p99 during a version switch / steady (c16) | {q['reload_p99_vs_steady']:.2f} | <= 2.0 |")
+    print(f"| failed requests during the switch | {failed} of {switching['done']} | 0 |")
 
 
 if __name__ == "__main__":

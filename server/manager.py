@@ -53,6 +53,7 @@ class ModelManager:
         self._pinned: dict[str, set[int]] = {}  # loaded by the admin API beyond the policy
         self._excluded: dict[str, set[int]] = {}  # unloaded by the admin API
         self._label_overrides: dict[str, dict[str, int]] = {}
+        self._config_errors: dict[str, str] = {}  # reported once per distinct error, not every poll
 
     async def reconcile_all(self) -> None:
         """Bring every model in line with the repository."""
@@ -146,11 +147,17 @@ class ModelManager:
 
     def _config(self, model: str) -> ModelConfig | None:
         try:
-            return load_model_config(self._root / model, self._defaults)
+            config = load_model_config(self._root / model, self._defaults)
         except ModelConfigError as exc:
-            log.error("model configuration is invalid; keeping what is served", extra={"fields": {"error": str(exc)}})
-            metrics.LOAD_FAILURES.labels(model=model).inc()
+            if self._config_errors.get(model) != str(exc):
+                self._config_errors[model] = str(exc)
+                log.error(
+                    "model configuration is invalid; keeping what is served", extra={"fields": {"error": str(exc)}}
+                )
+                metrics.LOAD_FAILURES.labels(model=model).inc()
             return None
+        self._config_errors.pop(model, None)
+        return config
 
     def _forget_failed(self, model: str) -> None:
         for version in self._registry.versions(model):
