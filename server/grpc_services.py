@@ -57,6 +57,7 @@ MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].fu
 
 M = TypeVar("M", bound=Message)
 Handler = Callable[[object, bytes, grpc.aio.ServicerContext], Awaitable[Message]]
+BoundHandler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]
 
 _STATES = {
     VersionState.LOADING: ModelVersionState.MODEL_VERSION_STATE_LOADING,
@@ -306,44 +307,31 @@ class ModelServicer:
         )
 
 
+def _unary_handlers(methods: dict[str, tuple[BoundHandler, type[Message]]]) -> dict[str, grpc.RpcMethodHandler]:
+    return {
+        name: grpc.unary_unary_rpc_method_handler(handler, response_serializer=response.SerializeToString)
+        for name, (handler, response) in methods.items()
+    }
+
+
 def generic_handlers(inference: InferenceServicer, models: ModelServicer) -> list[grpc.GenericRpcHandler]:
     """Method handlers for both services; requests stay bytes until the servicer parses them."""
+    inference_methods = _unary_handlers({"Predict": (inference.predict, PredictResponse)})
+    inference_methods["StreamPredict"] = grpc.stream_stream_rpc_method_handler(
+        inference.stream_predict, response_serializer=StreamPredictResponse.SerializeToString
+    )
+    model_methods = _unary_handlers(
+        {
+            "ListModels": (models.list_models, ListModelsResponse),
+            "GetModelStatus": (models.get_model_status, GetModelStatusResponse),
+            "GetModelMetadata": (models.get_model_metadata, GetModelMetadataResponse),
+            "LoadModel": (models.load_model, LoadModelResponse),
+            "UnloadModel": (models.unload_model, UnloadModelResponse),
+            "ReloadModel": (models.reload_model, ReloadModelResponse),
+            "SetModelLabels": (models.set_model_labels, SetModelLabelsResponse),
+        }
+    )
     return [
-        grpc.method_handlers_generic_handler(
-            INFERENCE_SERVICE,
-            {
-                "Predict": grpc.unary_unary_rpc_method_handler(
-                    inference.predict, response_serializer=PredictResponse.SerializeToString
-                ),
-                "StreamPredict": grpc.stream_stream_rpc_method_handler(
-                    inference.stream_predict, response_serializer=StreamPredictResponse.SerializeToString
-                ),
-            },
-        ),
-        grpc.method_handlers_generic_handler(
-            MODEL_SERVICE,
-            {
-                "ListModels": grpc.unary_unary_rpc_method_handler(
-                    models.list_models, response_serializer=ListModelsResponse.SerializeToString
-                ),
-                "GetModelStatus": grpc.unary_unary_rpc_method_handler(
-                    models.get_model_status, response_serializer=GetModelStatusResponse.SerializeToString
-                ),
-                "GetModelMetadata": grpc.unary_unary_rpc_method_handler(
-                    models.get_model_metadata, response_serializer=GetModelMetadataResponse.SerializeToString
-                ),
-                "LoadModel": grpc.unary_unary_rpc_method_handler(
-                    models.load_model, response_serializer=LoadModelResponse.SerializeToString
-                ),
-                "UnloadModel": grpc.unary_unary_rpc_method_handler(
-                    models.unload_model, response_serializer=UnloadModelResponse.SerializeToString
-                ),
-                "ReloadModel": grpc.unary_unary_rpc_method_handler(
-                    models.reload_model, response_serializer=ReloadModelResponse.SerializeToString
-                ),
-                "SetModelLabels": grpc.unary_unary_rpc_method_handler(
-                    models.set_model_labels, response_serializer=SetModelLabelsResponse.SerializeToString
-                ),
-            },
-        ),
+        grpc.method_handlers_generic_handler(INFERENCE_SERVICE, inference_methods),
+        grpc.method_handlers_generic_handler(MODEL_SERVICE, model_methods),
     ]
