@@ -156,8 +156,12 @@ def test_overload_is_429_and_expired_deadline_is_504(stack: ServerProcess) -> No
     assert refused["code"] == 8 and "retry in" in refused["message"]
     assert refused["details"][0]["@type"] == "type.googleapis.com/google.rpc.RetryInfo"
 
+    started = time.monotonic()
+    assert rest(stack, "POST", "/v1/models/slow:predict", body)[0] == 200
+    call_s = time.monotonic() - started
     with ThreadPoolExecutor(2) as pool:
         busy = pool.submit(rest, stack, "POST", "/v1/models/slow:predict", body)
+        time.sleep(call_s / 3)  # busy holds the only worker; the queue is empty again
         late = pool.submit(rest, stack, "POST", "/v1/models/slow:predict", body, {"grpc-timeout": "20m"})
         status, text = late.result()
         assert busy.result()[0] == 200
