@@ -9,10 +9,10 @@ install:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e ".[cpu]"
 
-# Debian tools the tests and generators use: protoc-gen-swagger, Chromium, h2load.
+# Debian tools the tests, generators and benchmarks use: protoc-gen-swagger, Chromium, h2load, wrk, Prometheus.
 system-packages:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-grpc-gateway chromium nghttp2-client wrk >/dev/null
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-grpc-gateway chromium nghttp2-client wrk prometheus >/dev/null
 
 install-dev: system-packages install
 	$(VENV)/bin/pip install -q -e ".[cpu,dev]"

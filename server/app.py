@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import REGISTRY
 
 from tensorgate.server.config import ServerConfig
 from tensorgate.server.dataplane import DataPlane
@@ -29,7 +30,7 @@ from tensorgate.server.grpc_services import (
     generic_handlers,
 )
 from tensorgate.server.manager import ModelManager
-from tensorgate.server.metrics import start_metrics_server
+from tensorgate.server.metrics import ModelStateCollector, start_metrics_server
 from tensorgate.server.model_config import ModelConfig
 from tensorgate.server.registry import ModelRegistry
 from tensorgate.server.validation import Limits
@@ -58,7 +59,7 @@ async def serve(config: ServerConfig) -> None:
         ]
     )
     server.add_generic_rpc_handlers(
-        generic_handlers(InferenceServicer(dataplane, config.stream_window), ModelServicer(registry, manager))
+        generic_handlers(InferenceServicer(dataplane, registry, config.stream_window), ModelServicer(registry, manager))
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -69,6 +70,7 @@ async def serve(config: ServerConfig) -> None:
     reflection.enable_server_reflection(
         [INFERENCE_SERVICE, MODEL_SERVICE, health_service, reflection.SERVICE_NAME], server
     )
+    REGISTRY.register(ModelStateCollector(registry.states))
     start_metrics_server(config.host, config.metrics_port)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     await server.start()

@@ -99,6 +99,7 @@ class Batcher:
         labels = {"model": model, "version": str(version)}
         self._name = f"{model}/{version}"
         self._depth = metrics.QUEUE_DEPTH.labels(**labels)
+        metrics.QUEUE_CAPACITY.labels(**labels).set(config.max_queue_size)
         self._batch_size = metrics.BATCH_SIZE.labels(**labels)
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(**labels)
         self._compute_seconds = metrics.COMPUTE_SECONDS.labels(**labels)

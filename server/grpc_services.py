@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from typing import TypeVar
 
 import grpc
@@ -20,6 +22,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 
+from tensorgate.server import metrics
 from tensorgate.server.dataplane import DataPlane, Prediction
 from tensorgate.server.errors import InvalidArgumentError, ResourceExhaustedError, ServingError
 from tensorgate.server.manager import ModelManager
@@ -79,19 +82,44 @@ def _unary(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def wrapper(self: object, request: bytes, context: grpc.aio.ServicerContext) -> Message:
+        started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
             return await handler(self, request, context)
         except ServingError as exc:
+            code = exc.code
             # The full status (with details such as RetryInfo) travels as grpc-status-details-bin,
             # where grpcio-status clients and Envoy's convert_grpc_status read it.
             details = (("grpc-status-details-bin", _status(exc).SerializeToString()),)
             await context.abort(exc.code, str(exc), trailing_metadata=details)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception:
+            code = grpc.StatusCode.INTERNAL
             log.exception("unexpected error in %s", handler.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+        finally:
+            _record(handler.__name__, code, started)
         raise AssertionError("context.abort always raises")
 
     return wrapper
+
+
+# The model a request names, as a metric label: set by each handler once it has parsed the request. Every RPC
+# runs in its own task with its own copy of the context, so concurrent calls do not see each other's value.
+_MODEL_LABEL: ContextVar[str] = ContextVar("tensorgate_model_label", default="")
+_REJECTION_REASONS = {grpc.StatusCode.INVALID_ARGUMENT: "invalid", grpc.StatusCode.RESOURCE_EXHAUSTED: "overload"}
+
+
+def _label_model(registry: ModelRegistry, model: str) -> None:
+    _MODEL_LABEL.set(model if registry.knows(model) else metrics.UNKNOWN_MODEL)
+
+
+def _record(method: str, code: grpc.StatusCode, started: float) -> None:
+    metrics.REQUESTS.labels(model=_MODEL_LABEL.get(), method=method, code=code.name).inc()
+    metrics.REQUEST_SECONDS.labels(method=method).observe(time.perf_counter() - started)
+    if code in _REJECTION_REASONS:
+        metrics.REJECTED.labels(reason=_REJECTION_REASONS[code]).inc()
 
 
 def _decode_inputs(tensors: Mapping[str, tensor_pb2.Tensor]) -> tuple[dict[str, np.ndarray], bool]:
@@ -122,13 +150,15 @@ def _status(exc: ServingError) -> status_pb2.Status:
 class InferenceServicer:
     """tensorgate.v1.InferenceService."""
 
-    def __init__(self, dataplane: DataPlane, stream_window: int) -> None:
+    def __init__(self, dataplane: DataPlane, registry: ModelRegistry, stream_window: int) -> None:
         self._dataplane = dataplane
+        self._registry = registry
         self._stream_window = stream_window
 
     @_unary
     async def predict(self, data: bytes, context: grpc.aio.ServicerContext) -> PredictResponse:
         request = _parse(PredictRequest, data)
+        _label_model(self._registry, request.model)
         inputs, raw = _decode_inputs(request.inputs)
         prediction = await self._dataplane.predict(
             request.model, request.version, inputs, request.output_filter, context.time_remaining()
@@ -169,6 +199,7 @@ class InferenceServicer:
 
         reader = asyncio.create_task(read_requests())
         answered, outcome = 0, "completed"
+        metrics.STREAMS_IN_FLIGHT.inc()
         try:
             while (task := await started.get()) is not None:
                 yield await task
@@ -181,6 +212,7 @@ class InferenceServicer:
             outcome = "cancelled"
             raise
         finally:
+            metrics.STREAMS_IN_FLIGHT.dec()
             reader.cancel()
             while not started.empty():
                 if (task := started.get_nowait()) is not None:
@@ -190,21 +222,24 @@ class InferenceServicer:
             )
 
     async def _answer(self, request: StreamPredictRequest, context: grpc.aio.ServicerContext) -> StreamPredictResponse:
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        _label_model(self._registry, request.model)
         response = StreamPredictResponse(id=request.id, model=request.model)
         try:
             inputs, raw = _decode_inputs(request.inputs)
             prediction = await self._dataplane.predict(
                 request.model, request.version, inputs, request.output_filter, context.time_remaining()
             )
+            response.version = str(prediction.version)
+            _fill_outputs(response.outputs, prediction, raw)
         except ServingError as exc:
+            code = exc.code
             response.error.CopyFrom(_status(exc))
-            return response
         except Exception:
+            code = grpc.StatusCode.INTERNAL
             log.exception("unexpected error in a StreamPredict request", extra={"fields": {"id": request.id}})
-            response.error.CopyFrom(status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message="internal error"))
-            return response
-        response.version = str(prediction.version)
-        _fill_outputs(response.outputs, prediction, raw)
+            response.error.CopyFrom(status_pb2.Status(code=code.value[0], message="internal error"))
+        _record("stream_predict", code, started)
         return response
 
 
@@ -255,30 +290,35 @@ class ModelServicer:
     @_unary
     async def load_model(self, data: bytes, context: grpc.aio.ServicerContext) -> LoadModelResponse:
         request = _parse(LoadModelRequest, data)
+        _label_model(self._registry, request.model)
         await self._manager.load(_required_model(request.model), request.version)
         return LoadModelResponse(model=self._model(request.model))
 
     @_unary
     async def unload_model(self, data: bytes, context: grpc.aio.ServicerContext) -> UnloadModelResponse:
         request = _parse(UnloadModelRequest, data)
+        _label_model(self._registry, request.model)
         await self._manager.unload(_required_model(request.model), request.version)
         return UnloadModelResponse(model=self._model(request.model))
 
     @_unary
     async def reload_model(self, data: bytes, context: grpc.aio.ServicerContext) -> ReloadModelResponse:
         request = _parse(ReloadModelRequest, data)
+        _label_model(self._registry, request.model)
         await self._manager.reload(_required_model(request.model), request.version)
         return ReloadModelResponse(model=self._model(request.model))
 
     @_unary
     async def set_model_labels(self, data: bytes, context: grpc.aio.ServicerContext) -> SetModelLabelsResponse:
         request = _parse(SetModelLabelsRequest, data)
+        _label_model(self._registry, request.model)
         await self._manager.set_labels(_required_model(request.model), dict(request.labels))
         return SetModelLabelsResponse(model=self._model(request.model))
 
     @_unary
     async def get_model_status(self, data: bytes, context: grpc.aio.ServicerContext) -> GetModelStatusResponse:
         request = _parse(GetModelStatusRequest, data)
+        _label_model(self._registry, request.model)
         if not request.model:
             raise InvalidArgumentError("model is required")
         if request.version:
@@ -295,6 +335,7 @@ class ModelServicer:
     @_unary
     async def get_model_metadata(self, data: bytes, context: grpc.aio.ServicerContext) -> GetModelMetadataResponse:
         request = _parse(GetModelMetadataRequest, data)
+        _label_model(self._registry, request.model)
         version = self._registry.resolve(request.model, request.version)
         assert version.servable is not None
         signature = version.servable.signature

@@ -7,8 +7,12 @@ reasons from a fixed set; never a request id or user input.
 from __future__ import annotations
 
 import logging
+from collections import Counter as Counter_
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,43 @@ LOAD_SECONDS = Histogram(
 LOAD_FAILURES = Counter(
     "tensorgate_model_load_failures_total", "Versions (or configurations) that failed to load.", ["model"]
 )
+
+
+REQUESTS = Counter(
+    "tensorgate_requests_total",
+    "Unary RPCs and StreamPredict messages answered, by model, method and gRPC status code.",
+    ["model", "method", "code"],
+)
+REQUEST_SECONDS = Histogram(
+    "tensorgate_request_duration_seconds",
+    "Time from a unary RPC (or stream message) arriving to its answer.",
+    ["method"],
+    buckets=LATENCY_BUCKETS,
+)
+REJECTED = Counter(
+    "tensorgate_requests_rejected_total",
+    "Requests refused before any model work, by reason (invalid, overload, unauthenticated, unauthorized).",
+    ["reason"],
+)
+STREAMS_IN_FLIGHT = Gauge("tensorgate_streams_in_flight", "StreamPredict streams open now.")
+QUEUE_CAPACITY = Gauge(
+    "tensorgate_queue_capacity", "max_queue_size of a model's batching queue (for saturation).", ["model", "version"]
+)
+UNKNOWN_MODEL = "_unknown"  # label for names that are not in the repository: labels never carry raw user input
+
+
+class ModelStateCollector(Collector):
+    """``tensorgate_model_versions{model,state}``: how many versions of each model are in each state, read from
+    the registry at scrape time."""
+
+    def __init__(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("tensorgate_model_versions", "Model versions by state.", labels=["model", "state"])
+        for (model, state), count in Counter_(self._states()).items():
+            family.add_metric([model, state], count)
+        yield family
 
 
 def start_metrics_server(host: str, port: int) -> int:

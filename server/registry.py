@@ -93,6 +93,16 @@ class ModelRegistry:
                 raise NotFoundError(self._unknown_model_message(model))
             return sorted(versions.values(), key=lambda v: v.version, reverse=True)
 
+    def states(self) -> list[tuple[str, str]]:
+        """(model, state) of every known version, for the model-state metric."""
+        with self._lock:
+            return [(model, v.state.value) for model, vs in self._models.items() for v in vs.values()]
+
+    def knows(self, model: str) -> bool:
+        """True when ``model`` is in the registry (so that it may be a metric label)."""
+        with self._lock:
+            return model in self._models
+
     def has_available(self) -> bool:
         """True when at least one version of any model can serve."""
         with self._lock:

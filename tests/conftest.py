@@ -4,6 +4,7 @@ second multi-input model, a broken version) and a real server process on a free 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -88,6 +89,7 @@ class ServerProcess:
     log_path: Path
     gateway_url: str = ""
     gateway_target: str = ""
+    gateway_admin_url: str = ""
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -156,9 +158,9 @@ def start_server(repository: Path, log_path: Path, *extra: str, gateway: bool = 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [*CLI, "serve", "--model-repository", str(repository), "--port", str(port)]
     command += ["--metrics-port", str(metrics_port)]
-    gateway_port = free_port()
+    gateway_port, admin_port = free_port(), free_port()
     if gateway:
-        command += ["--gateway-port", str(gateway_port), "--gateway-admin-port", str(free_port())]
+        command += ["--gateway-port", str(gateway_port), "--gateway-admin-port", str(admin_port)]
     else:
         command += ["--gateway", "false"]
     with log_path.open("wb") as log:
@@ -167,6 +169,7 @@ def start_server(repository: Path, log_path: Path, *extra: str, gateway: bool = 
     if gateway:
         server.gateway_url = f"http://127.0.0.1:{gateway_port}"
         server.gateway_target = f"127.0.0.1:{gateway_port}"
+        server.gateway_admin_url = f"http://127.0.0.1:{admin_port}"
     try:
         wait_until_serving(server.target, process)
         if gateway:
@@ -213,3 +216,16 @@ def client(server: ServerProcess) -> Iterator[TensorgateClient]:
 def mnist_inputs(images: np.ndarray) -> np.ndarray:
     """Test images as the reference model takes them: float32 in [0, 1]."""
     return (images / 255.0).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def stack(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Supervisor + server + Envoy over mnist, scorer, broken, and a slow model with a queue of one."""
+    root = tmp_path_factory.mktemp("gateway-repository")
+    for model in ("mnist", "scorer", "broken"):
+        shutil.copytree(repository / model, root / model)
+    build_slow_model(root / "slow" / "1", matmuls=60)
+    (root / "slow" / "model.toml").write_text("[batching]\nmax_batch_size = 1\nmax_queue_size = 1\n")
+    stack = start_server(root, tmp_path_factory.mktemp("gateway") / "stack.log", "--model-workers", "1", gateway=True)
+    yield stack
+    assert stack.stop() == 0, stack.log()[-5000:]

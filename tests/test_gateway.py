@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,20 +18,7 @@ import pytest
 from tensorgate.clients.client import TensorgateClient
 from tensorgate.clients.datasets import MnistData
 
-from conftest import ServerProcess, build_slow_model, mnist_inputs, start_server
-
-
-@pytest.fixture(scope="module")
-def stack(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Supervisor + server + Envoy over mnist, scorer, broken, and a slow model with a queue of one."""
-    root = tmp_path_factory.mktemp("gateway-repository")
-    for model in ("mnist", "scorer", "broken"):
-        shutil.copytree(repository / model, root / model)
-    build_slow_model(root / "slow" / "1", matmuls=60)
-    (root / "slow" / "model.toml").write_text("[batching]\nmax_batch_size = 1\nmax_queue_size = 1\n")
-    stack = start_server(root, tmp_path_factory.mktemp("gateway") / "stack.log", "--model-workers", "1", gateway=True)
-    yield stack
-    assert stack.stop() == 0, stack.log()[-5000:]
+from conftest import ServerProcess, mnist_inputs, start_server
 
 
 def rest(

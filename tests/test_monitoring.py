@@ -1,0 +1,126 @@
+"""deploy/monitoring: promtool checks and rule tests, a dashboard that only uses exported metrics,
+and a real Prometheus scraping the running server and Envoy."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from tensorgate.clients.client import TensorgateClient
+
+from conftest import ServerProcess, free_port
+
+MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "monitoring"
+PROMTOOL = shutil.which("promtool")
+PROMETHEUS = shutil.which("prometheus")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"], ["check", "config", "prometheus.yml"]],
+)
+def test_promtool(args: list[str]) -> None:
+    assert PROMTOOL, "promtool comes with Debian's prometheus package (make system-packages)"
+    result = subprocess.run([PROMTOOL, *args], cwd=MONITORING, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def exported_names(url: str) -> set[str]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {line.split("{")[0].split()[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_dashboard_and_alerts_use_only_exported_metrics(stack: ServerProcess) -> None:
+    with TensorgateClient(stack.target) as client:  # make the per-request series exist, a rejection included
+        client.predict("mnist", np.zeros((1, 28, 28), np.float32))
+        list(client.stream_predict("mnist", iter(np.zeros((2, 28, 28), np.float32))))
+        with pytest.raises(grpc.RpcError):
+            client.predict("mnist", np.zeros((1, 3), np.float32))
+    exported = exported_names(stack.metrics_url) | exported_names(f"{stack.gateway_admin_url}/stats/prometheus")
+    dashboard = json.loads((MONITORING / "grafana" / "tensorgate-dashboard.json").read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    expressions += re.findall(r"expr: \|?\s*(.+)", (MONITORING / "alerts.yml").read_text())
+    # Metric names only: drop label matchers {...} and grouping clauses by (...) first.
+    bare = [re.sub(r"\{[^}]*\}|\bby \([^)]*\)", "", expr) for expr in expressions]
+    used = {name for expr in bare for name in re.findall(r"\b((?:tensorgate|envoy)_[a-z0-9_]+)", expr)}
+    assert used and sorted(used - exported) == []
+
+
+def query(prometheus_url: str, expr: str) -> float:
+    url = f"{prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=5) as response:
+        result = json.loads(response.read())["data"]["result"]
+    return float(result[0]["value"][1]) if result else -1.0
+
+
+def test_real_prometheus_scrapes_server_and_envoy(stack: ServerProcess, tmp_path: Path) -> None:
+    assert PROMETHEUS, "prometheus comes with Debian's prometheus package (make system-packages)"
+    metrics_target = stack.metrics_url.removeprefix("http://").removesuffix("/metrics")
+    envoy_target = stack.gateway_admin_url.removeprefix("http://")
+    config = (MONITORING / "prometheus.yml").read_text()
+    config = config.replace("127.0.0.1:8502", metrics_target).replace("127.0.0.1:9901", envoy_target)
+    config = config.replace("scrape_interval: 15s", "scrape_interval: 1s")
+    (tmp_path / "prometheus.yml").write_text(config)
+    shutil.copy(MONITORING / "alerts.yml", tmp_path / "alerts.yml")
+    port = free_port()
+    prometheus = subprocess.Popen(
+        [
+            PROMETHEUS,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    expr = 'sum(tensorgate_requests_total{model="mnist", method="predict", code="OK"})'
+    try:
+        deadline = time.monotonic() + 60
+        while query_or_none(url, 'min(up{job=~"tensorgate|envoy"})') != 1.0:
+            assert time.monotonic() < deadline, "Prometheus never saw both targets up"
+            time.sleep(0.5)
+        before = query(url, expr)
+        with TensorgateClient(stack.target) as client:
+            for _ in range(7):
+                client.predict("mnist", np.zeros((1, 28, 28), np.float32))
+        while query(url, expr) < before + 7:
+            assert time.monotonic() < deadline, f"counter did not move: {query(url, expr)} after {before}"
+            time.sleep(0.5)
+    finally:
+        prometheus.terminate()
+        prometheus.wait(30)
+
+
+def query_or_none(url: str, expr: str) -> float | None:
+    try:
+        return query(url, expr)
+    except OSError:
+        return None
+
+
+def test_request_metrics_have_bounded_labels(stack: ServerProcess) -> None:
+    def count(model: str, code: str) -> float:
+        return stack.metric("tensorgate_requests_total", model=model, method="predict", code=code)
+
+    unknown_before, ok_before = count("_unknown", "NOT_FOUND"), count("mnist", "OK")
+    with TensorgateClient(stack.target) as client:
+        for name in ("no-such-model", "another-made-up-name"):
+            with pytest.raises(grpc.RpcError):
+                client.predict_tensors(name, {"x": np.zeros((1, 1), np.float32)})
+        client.predict("mnist", np.zeros((1, 28, 28), np.float32))
+    assert count("_unknown", "NOT_FOUND") == unknown_before + 2  # user input never becomes a label
+    assert count("mnist", "OK") == ok_before + 1
+    names = {dict(labels).get("model") for (name, labels) in stack.metrics() if name == "tensorgate_requests_total"}
+    assert "no-such-model" not in names and "another-made-up-name" not in names
