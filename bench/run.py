@@ -10,6 +10,7 @@ Measures, on the MNIST reference model (trained into --repository if missing):
   * bulk streaming of the 10,000 test images over one StreamPredict stream, 64 images a message;
   * REST/JSON through Envoy (load from wrk) against direct gRPC at concurrency 1 and 64;
   * reload under load: p99 and failed requests while two new versions are rolled in, against steady state;
+  * tracing overhead: unary throughput with tracing off and at 10% sampling (spans to a local OTLP receiver);
   * the server's peak RSS.
 Prints a table and writes JSON. Needs h2load and wrk (Debian packages nghttp2-client, wrk).
 """
@@ -30,6 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from typing import Any
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from tensorgate.clients.client import TensorgateClient
@@ -222,6 +225,31 @@ def reload_under_load(version_dir: Path, body: Path, seconds: int, tmp: Path, lo
     return {"steady": steady, "switching": switching, "versions_after": served}
 
 
+class _DiscardingCollector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC receiver that accepts and drops spans: the exporter does all its real work."""
+
+    def Export(self, request: Any, context: Any) -> trace_service_pb2.ExportTraceServiceResponse:
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def tracing_overhead(repository: Path, body: Path, seconds: int, tmp: Path, log: Path) -> dict[str, Any]:
+    receiver = grpc.server(ThreadPoolExecutor(2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_DiscardingCollector(), receiver)
+    endpoint = f"127.0.0.1:{receiver.add_insecure_port('127.0.0.1:0')}"
+    receiver.start()
+    runs = {}
+    try:
+        for label, extra in (("off", ()), ("sampled_10pct", ("--tracing-endpoint", endpoint))):
+            server = start_tensorgate(repository, True, log, *extra)
+            try:
+                runs[label] = unary_runs_at(server, body, 16, seconds, tmp / f"tracing-{label}.log")
+            finally:
+                server.stop()
+    finally:
+        receiver.stop(0)
+    return runs
+
+
 def unary_runs_at(server: Server, body: Path, concurrency: int, seconds: int, log_file: Path) -> dict[str, float]:
     before = server.metric_sum("tensorgate_model_examples_total")
     result = h2load(server.port, body, concurrency, seconds, log_file)
@@ -325,6 +353,8 @@ def main() -> int:
     results["server_peak_rss_mb"] = peak_rss
     print("reload under load ...", flush=True)
     results["reload"] = reload_under_load(version_dir, body, args.duration * 2, tmp, log)
+    print("tracing overhead ...", flush=True)
+    results["tracing"] = tracing_overhead(args.repository, body, args.duration, tmp, log)
     results["ratios"] = ratios(results)
     args.output.write_text(json.dumps(results, indent=2))
     print_table(results)
@@ -341,6 +371,7 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
         "p99_c64_budget_ms": r["max_queue_delay_ms"] + 3 * on64["mean_batch_compute_ms"],
         "rest_vs_grpc_c64": r["rest"][64]["requests_per_s"] / on64["requests_per_s"],
         "reload_p99_vs_steady": r["reload"]["switching"]["p99_ms"] / r["reload"]["steady"]["p99_ms"],
+        "tracing_10pct_vs_off": r["tracing"]["sampled_10pct"]["requests_per_s"] / r["tracing"]["off"]["requests_per_s"],
         "rest_added_p50_ms_c1": r["rest"][1]["p50_ms"] - r["batching_on"][1]["p50_ms"],
     }
 
@@ -364,6 +395,11 @@ def print_table(r: dict[str, Any]) -> None:
             f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} | |"
         )
     print(f"| StreamPredict 10,000 images, 64/message | {r['stream']['images_per_s']:,.0f} | | | | |")
+    for phase, run in r["tracing"].items():
+        print(
+            f"| unary c16, tracing {phase.replace('_', ' ')} | {run['requests_per_s']:,.0f} | "
+            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} | |"
+        )
     for phase in ("steady", "switching"):
         run = r["reload"][phase]
         errors = run["errors"] + run["answers_not_run_by_model"]
@@ -387,6 +423,7 @@ def print_table(r: dict[str, Any]) -> None:
     failed = switching["errors"] + switching["answers_not_run_by_model"]
     print(f"| p99 during a version switch / steady (c16) | {q['reload_p99_vs_steady']:.2f} | <= 2.0 |")
     print(f"| failed requests during the switch | {failed} of {switching['done']} | 0 |")
+    print(f"| throughput with tracing at 10% / off (c16) | {q['tracing_10pct_vs_off']:.2f} | >= 0.95 |")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 
 from tensorgate.v1 import codec, inference_service_pb2_grpc, model_service_pb2_grpc
 from tensorgate.v1.inference_service_pb2 import PredictRequest, StreamPredictRequest, StreamPredictResponse
@@ -24,6 +26,7 @@ from tensorgate.v1.model_service_pb2 import (
 )
 
 MiB = 1024 * 1024
+_tracer = trace.get_tracer("tensorgate.client")
 
 # Every unary method is idempotent (inference included), so gRPC may retry it transparently. A server that
 # is stopping refuses new calls with UNAVAILABLE and resets calls it had not yet started with RST_STREAM
@@ -106,7 +109,8 @@ class TensorgateClient:
         request = PredictRequest(model=model, version=version, output_filter=output_filter)
         for name, array in inputs.items():
             codec.encode_into(np.asarray(array), request.inputs[name])
-        response = self._inference.Predict(request, timeout=self._timeout_s)
+        with _tracer.start_as_current_span("tensorgate.v1.InferenceService/Predict", kind=SpanKind.CLIENT):
+            response = self._inference.Predict(request, timeout=self._timeout_s, metadata=_trace_metadata())
         return {name: codec.decode(tensor, name) for name, tensor in response.outputs.items()}
 
     def stream_predict(
@@ -148,7 +152,8 @@ class TensorgateClient:
                     codec.encode_into(np.asarray(array), request.inputs[name])
                 yield request
 
-        call = self._inference.StreamPredict(requests(), timeout=timeout_s)
+        with _tracer.start_as_current_span("tensorgate.v1.InferenceService/StreamPredict", kind=SpanKind.CLIENT):
+            call = self._inference.StreamPredict(requests(), timeout=timeout_s, metadata=_trace_metadata())
         try:
             for response in call:
                 yield _outputs_of(response)
@@ -178,6 +183,13 @@ class TensorgateClient:
                 raise ValueError(f"model {model!r} takes {len(inputs)} inputs {names}; use predict_tensors")
             self._input_names[key] = inputs[0].name
         return self._input_names[key]
+
+
+def _trace_metadata() -> tuple[tuple[str, str], ...]:
+    """W3C trace context of the current span as gRPC metadata (empty when the application traces nothing)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(carrier.items())
 
 
 def _batches(examples: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:

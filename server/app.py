@@ -33,6 +33,7 @@ from tensorgate.server.manager import ModelManager
 from tensorgate.server.metrics import ModelStateCollector, start_metrics_server
 from tensorgate.server.model_config import ModelConfig
 from tensorgate.server.registry import ModelRegistry
+from tensorgate.server.tracing import setup_tracing, shutdown_tracing
 from tensorgate.server.validation import Limits
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ OVERALL = ""
 
 async def serve(config: ServerConfig) -> None:
     """Run the server until SIGTERM or SIGINT, then drain and return."""
+    setup_tracing(config.tracing_endpoint, config.service_name, config.trace_sample_ratio)
     configure_tensorflow(config.intra_op_threads, config.inter_op_threads)
     registry = ModelRegistry()
     executor = ThreadPoolExecutor(config.model_workers, thread_name_prefix="model")
@@ -99,6 +101,7 @@ async def serve(config: ServerConfig) -> None:
     await server.stop(config.shutdown_grace_s)
     await dataplane.close()
     executor.shutdown(wait=True, cancel_futures=True)
+    shutdown_tracing()
     log.info("stopped")
 
 

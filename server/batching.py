@@ -15,6 +15,7 @@ dropped before the model sees them.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import deque
@@ -23,11 +24,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tensorgate.server import metrics
 from tensorgate.server.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
 from tensorgate.server.signature import Servable
+from tensorgate.server.tracing import tracer
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,8 @@ class _Request:
     deadline: float | None
     future: asyncio.Future[Outputs]
     enqueued: float = field(default_factory=time.monotonic)
+    span: trace.Span = field(default_factory=trace.get_current_span)  # the caller's span (non-recording if off)
+    enqueued_ns: int = field(default_factory=time.time_ns)
 
 
 class Batcher:
@@ -107,7 +112,11 @@ class Batcher:
         self._dropped = {
             reason: metrics.DROPPED.labels(**labels, reason=reason) for reason in ("overload", "cancelled", "expired")
         }
-        self._loop_task = asyncio.create_task(self._batch_loop(), name=f"batcher {self._name}")
+        # A context of its own: batches must not become children of the request that created the batcher.
+        self._loop_task = asyncio.create_task(
+            self._batch_loop(), name=f"batcher {self._name}", context=contextvars.Context()
+        )
+        self._version = str(version)
 
     async def predict(self, inputs: Mapping[str, np.ndarray], size: int, deadline: float | None) -> Outputs:
         """Queue one validated request of ``size`` examples and wait for its outputs."""
@@ -229,10 +238,13 @@ class Batcher:
     async def _execute(self, batch: list[_Request]) -> None:
         try:
             started = time.monotonic()
+            examples = sum(r.size for r in batch)
             for request in batch:
                 self._queue_seconds.observe(started - request.enqueued)
+            links = _trace_queue_waits(batch, examples, self._version)
             try:
-                outputs = await self._run([r.inputs for r in batch], sum(r.size for r in batch))
+                with tracer.start_as_current_span("batch", links=links, attributes={"tensorgate.batch_size": examples}):
+                    outputs = await self._run([r.inputs for r in batch], examples)
             except Exception as exc:
                 if len(batch) == 1:
                     _fail(batch[0], exc)
@@ -266,13 +278,29 @@ class Batcher:
         if padded > examples:
             inputs = {name: _pad(value, padded) for name, value in inputs.items()}
         started = time.monotonic()
-        outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._servable.predict, inputs)
+        with tracer.start_as_current_span("model", attributes={"tensorgate.padded_batch_size": padded}):
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._servable.predict, inputs)
         self._compute_seconds.observe(time.monotonic() - started)
         self._batch_size.observe(examples)
         self._examples.inc(examples)
         if padded > examples:
             outputs = {name: value[:examples] for name, value in outputs.items()}
         return outputs
+
+
+def _trace_queue_waits(batch: list[_Request], examples: int, version: str) -> list[trace.Link]:
+    """End each traced request's queue span (child of its request span) and return links for the batch span."""
+    links = []
+    now_ns = time.time_ns()
+    for request in batch:
+        if not request.span.is_recording():
+            continue
+        parent = trace.set_span_in_context(request.span)
+        tracer.start_span("queue", context=parent, start_time=request.enqueued_ns).end(end_time=now_ns)
+        request.span.set_attribute("tensorgate.batch_size", examples)
+        request.span.set_attribute("tensorgate.model_version", version)
+        links.append(trace.Link(request.span.get_span_context()))
+    return links
 
 
 def _batchable(servable: Servable) -> bool:

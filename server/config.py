@@ -44,6 +44,11 @@ class ServerConfig(BaseModel):
     gateway: bool = Field(True, description="Also run Envoy (REST/JSON, OpenAPI, docs) under one supervisor.")
     gateway_port: int = Field(8080, ge=0, le=65535, description="Envoy listener: gRPC and REST on one port.")
     gateway_admin_port: int = Field(9901, ge=0, le=65535, description="Envoy admin port (stats, readiness).")
+    tracing_endpoint: str = Field(
+        "", description="OTLP/gRPC collector (host:port) for traces of the server and Envoy; empty = tracing off."
+    )
+    trace_sample_ratio: float = Field(0.1, ge=0, le=1, description="Share of new traces sampled (callers' kept).")
+    service_name: str = Field("tensorgate", description="service.name of the server's spans.")
     metrics_port: int = Field(8502, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint.")
     model_workers: int = Field(2, ge=1, description="Model calls run at once, on threads off the event loop.")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="Default device: auto, cpu or gpu:N.")

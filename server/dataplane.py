@@ -18,6 +18,7 @@ import numpy as np
 from tensorgate.server.batching import Batcher
 from tensorgate.server.registry import ModelRegistry, ModelVersion
 from tensorgate.server.signature import Servable
+from tensorgate.server.tracing import tracer
 from tensorgate.server.validation import Limits, validate_inputs, validate_output_filter
 
 
@@ -55,10 +56,11 @@ class DataPlane:
         deadline passes while it is queued is dropped before the model runs.
         Cancelling the awaiting task withdraws a request that is still queued.
         """
-        target = self._registry.resolve(model, version)
-        servable = _servable(target)
-        size = validate_inputs(servable.signature, inputs, self._limits)
-        validate_output_filter(servable.signature, output_filter)
+        with tracer.start_as_current_span("validate"):
+            target = self._registry.resolve(model, version)
+            servable = _servable(target)
+            size = validate_inputs(servable.signature, inputs, self._limits)
+            validate_output_filter(servable.signature, output_filter)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         outputs = await self._batcher(target, servable).predict(inputs, size, deadline)
         if output_filter:

@@ -27,8 +27,54 @@ def _docs_route(path: str, file: Path) -> str:
     )
 
 
-def render_envoy_config(host: str, port: int, admin_port: int, upstream_host: str, upstream_port: int) -> str:
-    """The Envoy bootstrap YAML: one listener on ``host:port`` in front of the gRPC server."""
+TRACING = """\
+                tracing:
+                  random_sampling: {{value: {percent}}}
+                  provider:
+                    name: envoy.tracers.opentelemetry
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+                      service_name: tensorgate-gateway
+                      grpc_service:
+                        envoy_grpc: {{cluster_name: otel_collector}}
+                        timeout: 1s"""
+TRACING_CLUSTER = """\
+    - name: otel_collector
+      type: STRICT_DNS
+      connect_timeout: 2s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config:
+            http2_protocol_options: {{}}
+      load_assignment:
+        cluster_name: otel_collector
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: {{address: {host}, port_value: {port}}}"""
+
+
+def render_envoy_config(
+    host: str,
+    port: int,
+    admin_port: int,
+    upstream_host: str,
+    upstream_port: int,
+    tracing_endpoint: str = "",
+    sample_ratio: float = 0.1,
+) -> str:
+    """The Envoy bootstrap YAML: one listener on ``host:port`` in front of the gRPC server.
+
+    With ``tracing_endpoint`` (an OTLP/gRPC collector, host:port), Envoy starts or continues a trace for
+    each request, adds its gateway span, and passes W3C ``traceparent`` upstream.
+    """
+    tracing = tracing_cluster = ""
+    if tracing_endpoint:
+        collector_host, collector_port = tracing_endpoint.rsplit(":", 1)
+        tracing = TRACING.format(percent=sample_ratio * 100)
+        tracing_cluster = TRACING_CLUSTER.format(host=collector_host, port=int(collector_port))
     docs = sorted(p for p in DOCS_DIR.iterdir() if p.is_file()) if DOCS_DIR.is_dir() else []
     routes = [_docs_route(f"/docs/{file.name}", file) for file in docs]
     if (DOCS_DIR / "index.html").is_file():
@@ -42,6 +88,8 @@ def render_envoy_config(host: str, port: int, admin_port: int, upstream_host: st
         descriptor=DESCRIPTOR_SET,
         openapi=OPENAPI,
         docs_routes="\n".join(routes),
+        tracing=tracing,
+        tracing_cluster=tracing_cluster,
     )
 
 

@@ -21,6 +21,9 @@ import numpy as np
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tensorgate.server import metrics
 from tensorgate.server.dataplane import DataPlane, Prediction
@@ -28,6 +31,7 @@ from tensorgate.server.errors import InvalidArgumentError, ResourceExhaustedErro
 from tensorgate.server.manager import ModelManager
 from tensorgate.server.registry import ModelRegistry, ModelVersion, VersionState
 from tensorgate.server.signature import TensorInfo
+from tensorgate.server.tracing import incoming_context, tracer
 from tensorgate.v1 import codec, inference_service_pb2, model_service_pb2, tensor_pb2
 from tensorgate.v1.inference_service_pb2 import (
     PredictRequest,
@@ -83,23 +87,27 @@ def _unary(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def wrapper(self: object, request: bytes, context: grpc.aio.ServicerContext) -> Message:
         started, code = time.perf_counter(), grpc.StatusCode.OK
-        try:
-            return await handler(self, request, context)
-        except ServingError as exc:
-            code = exc.code
-            # The full status (with details such as RetryInfo) travels as grpc-status-details-bin,
-            # where grpcio-status clients and Envoy's convert_grpc_status read it.
-            details = (("grpc-status-details-bin", _status(exc).SerializeToString()),)
-            await context.abort(exc.code, str(exc), trailing_metadata=details)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("unexpected error in %s", handler.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
-        finally:
-            _record(handler.__name__, code, started)
+        parent = incoming_context(context.invocation_metadata())
+        with tracer.start_as_current_span(handler.__name__, context=parent, kind=SpanKind.SERVER) as span:
+            try:
+                return await handler(self, request, context)
+            except ServingError as exc:
+                code = exc.code
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                # The full status (with details such as RetryInfo) travels as grpc-status-details-bin,
+                # where grpcio-status clients and Envoy's convert_grpc_status read it.
+                details = (("grpc-status-details-bin", _status(exc).SerializeToString()),)
+                await context.abort(exc.code, str(exc), trailing_metadata=details)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unexpected error in %s", handler.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+            finally:
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                _record(handler.__name__, code, started)
         raise AssertionError("context.abort always raises")
 
     return wrapper
@@ -197,7 +205,13 @@ class InferenceServicer:
             finally:
                 started.put_nowait(None)
 
+        # One span for the whole stream; each message's queue wait and batch show as its children and links.
+        span = tracer.start_span(
+            "stream_predict", context=incoming_context(context.invocation_metadata()), kind=SpanKind.SERVER
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
         reader = asyncio.create_task(read_requests())
+        otel_context.detach(token)
         answered, outcome = 0, "completed"
         metrics.STREAMS_IN_FLIGHT.inc()
         try:
@@ -212,6 +226,9 @@ class InferenceServicer:
             outcome = "cancelled"
             raise
         finally:
+            span.set_attribute("tensorgate.stream.answered", answered)
+            span.set_attribute("tensorgate.stream.outcome", outcome)
+            span.end()
             metrics.STREAMS_IN_FLIGHT.dec()
             reader.cancel()
             while not started.empty():
