@@ -116,6 +116,7 @@ def _unary(handler: Handler) -> Handler:
 # The model a request names, as a metric label: set by each handler once it has parsed the request. Every RPC
 # runs in its own task with its own copy of the context, so concurrent calls do not see each other's value.
 _MODEL_LABEL: ContextVar[str] = ContextVar("tensorgate_model_label", default="")
+_VERSION_LABEL: ContextVar[str] = ContextVar("tensorgate_version_label", default="")  # the version that answered
 _REJECTION_REASONS = {grpc.StatusCode.INVALID_ARGUMENT: "invalid", grpc.StatusCode.RESOURCE_EXHAUSTED: "overload"}
 
 
@@ -124,7 +125,7 @@ def _label_model(registry: ModelRegistry, model: str) -> None:
 
 
 def _record(method: str, code: grpc.StatusCode, started: float) -> None:
-    metrics.REQUESTS.labels(model=_MODEL_LABEL.get(), method=method, code=code.name).inc()
+    metrics.REQUESTS.labels(model=_MODEL_LABEL.get(), version=_VERSION_LABEL.get(), method=method, code=code.name).inc()
     metrics.REQUEST_SECONDS.labels(method=method).observe(time.perf_counter() - started)
     if code in _REJECTION_REASONS:
         metrics.REJECTED.labels(reason=_REJECTION_REASONS[code]).inc()
@@ -172,6 +173,7 @@ class InferenceServicer:
             request.model, request.version, inputs, request.output_filter, context.time_remaining()
         )
         response = PredictResponse(model=prediction.model, version=str(prediction.version))
+        _VERSION_LABEL.set(response.version)
         _fill_outputs(response.outputs, prediction, raw)
         return response
 
@@ -234,9 +236,11 @@ class InferenceServicer:
             while not started.empty():
                 if (task := started.get_nowait()) is not None:
                     task.cancel()
-            log.info(
-                "stream closed", extra={"fields": {"method": "StreamPredict", "answered": answered, "outcome": outcome}}
-            )
+            with trace.use_span(span):  # the log line carries the stream's trace id
+                log.info(
+                    "stream closed",
+                    extra={"fields": {"method": "StreamPredict", "answered": answered, "outcome": outcome}},
+                )
 
     async def _answer(self, request: StreamPredictRequest, context: grpc.aio.ServicerContext) -> StreamPredictResponse:
         started, code = time.perf_counter(), grpc.StatusCode.OK
@@ -248,6 +252,7 @@ class InferenceServicer:
                 request.model, request.version, inputs, request.output_filter, context.time_remaining()
             )
             response.version = str(prediction.version)
+            _VERSION_LABEL.set(response.version)
             _fill_outputs(response.outputs, prediction, raw)
         except ServingError as exc:
             code = exc.code

@@ -60,8 +60,8 @@ LOAD_FAILURES = Counter(
 
 REQUESTS = Counter(
     "tensorgate_requests_total",
-    "Unary RPCs and StreamPredict messages answered, by model, method and gRPC status code.",
-    ["model", "method", "code"],
+    "Unary RPCs and StreamPredict messages answered, by model, answering version, method and gRPC status code.",
+    ["model", "version", "method", "code"],
 )
 REQUEST_SECONDS = Histogram(
     "tensorgate_request_duration_seconds",

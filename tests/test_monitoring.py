@@ -111,16 +111,16 @@ def query_or_none(url: str, expr: str) -> float | None:
 
 
 def test_request_metrics_have_bounded_labels(stack: ServerProcess) -> None:
-    def count(model: str, code: str) -> float:
-        return stack.metric("tensorgate_requests_total", model=model, method="predict", code=code)
+    def count(model: str, version: str, code: str) -> float:
+        return stack.metric("tensorgate_requests_total", model=model, version=version, method="predict", code=code)
 
-    unknown_before, ok_before = count("_unknown", "NOT_FOUND"), count("mnist", "OK")
+    unknown_before, ok_before = count("_unknown", "", "NOT_FOUND"), count("mnist", "1", "OK")
     with TensorgateClient(stack.target) as client:
         for name in ("no-such-model", "another-made-up-name"):
             with pytest.raises(grpc.RpcError):
                 client.predict_tensors(name, {"x": np.zeros((1, 1), np.float32)})
         client.predict("mnist", np.zeros((1, 28, 28), np.float32))
-    assert count("_unknown", "NOT_FOUND") == unknown_before + 2  # user input never becomes a label
-    assert count("mnist", "OK") == ok_before + 1
+    assert count("_unknown", "", "NOT_FOUND") == unknown_before + 2  # user input never becomes a label
+    assert count("mnist", "1", "OK") == ok_before + 1
     names = {dict(labels).get("model") for (name, labels) in stack.metrics() if name == "tensorgate_requests_total"}
     assert "no-such-model" not in names and "another-made-up-name" not in names

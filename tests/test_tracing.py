@@ -159,3 +159,24 @@ def test_grpc_client_trace_continues_through_gateway_and_server(traced: tuple[Se
     gateway = assert_server_chain(server, spans)
     client_span = next(s for s in spans if s.span_id == gateway.parent_id)
     assert client_span.service == "test-client" and client_span.name == "tensorgate.v1.InferenceService/Predict"
+
+
+def test_log_lines_carry_the_trace_id(traced: tuple[ServerProcess, Collector]) -> None:
+    stack, collector = traced
+    import numpy as np
+
+    from tensorgate.clients.client import TensorgateClient
+
+    with TensorgateClient(stack.target) as client:
+        list(client.stream_predict("mnist", iter(np.zeros((3, 28, 28), np.float32)), batch_size=1))
+    deadline = time.monotonic() + 30
+    while True:
+        streams = [s for s in collector.snapshot() if s.name == "stream_predict"]
+        lines = [json.loads(line) for line in stack.log().splitlines() if '"stream closed"' in line]
+        traced_lines = [line for line in lines if "trace_id" in line]
+        if streams and traced_lines:
+            break
+        assert time.monotonic() < deadline, "no stream span or no traced log line"
+        time.sleep(0.5)
+    assert {line["trace_id"] for line in traced_lines} & {s.trace_id for s in streams}
+    assert all(len(line["span_id"]) == 16 for line in traced_lines)
