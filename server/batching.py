@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Executor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tensorgate.server import metrics
 from tensorgate.server.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
 from tensorgate.server.signature import Servable
-from tensorgate.server.tracing import tracer
+from tensorgate.server.tracing import child_span, tracer
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,13 @@ class Batcher:
                 self._queue_seconds.observe(started - request.enqueued)
             links = _trace_queue_waits(batch, examples, self._version)
             try:
-                with tracer.start_as_current_span("batch", links=links, attributes={"tensorgate.batch_size": examples}):
+                # A batch is traced when one of its requests is: its span links to each of them.
+                batch_span = (
+                    tracer.start_as_current_span("batch", links=links, attributes={"tensorgate.batch_size": examples})
+                    if links
+                    else nullcontext()
+                )
+                with batch_span:
                     outputs = await self._run([r.inputs for r in batch], examples)
             except Exception as exc:
                 if len(batch) == 1:
@@ -278,7 +285,7 @@ class Batcher:
         if padded > examples:
             inputs = {name: _pad(value, padded) for name, value in inputs.items()}
         started = time.monotonic()
-        with tracer.start_as_current_span("model", attributes={"tensorgate.padded_batch_size": padded}):
+        with child_span("model", attributes={"tensorgate.padded_batch_size": padded}):
             outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._servable.predict, inputs)
         self._compute_seconds.observe(time.monotonic() - started)
         self._batch_size.observe(examples)

@@ -18,7 +18,7 @@ import numpy as np
 from tensorgate.server.batching import Batcher
 from tensorgate.server.registry import ModelRegistry, ModelVersion
 from tensorgate.server.signature import Servable
-from tensorgate.server.tracing import tracer
+from tensorgate.server.tracing import child_span
 from tensorgate.server.validation import Limits, validate_inputs, validate_output_filter
 
 
@@ -56,7 +56,7 @@ class DataPlane:
         deadline passes while it is queued is dropped before the model runs.
         Cancelling the awaiting task withdraws a request that is still queued.
         """
-        with tracer.start_as_current_span("validate"):
+        with child_span("validate"):
             target = self._registry.resolve(model, version)
             servable = _servable(target)
             size = validate_inputs(servable.signature, inputs, self._limits)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -18,6 +19,16 @@ from opentelemetry.context import Context
 log = logging.getLogger(__name__)
 
 tracer = trace.get_tracer("tensorgate.server")
+
+
+def child_span(name: str, attributes: dict[str, int] | None = None) -> AbstractContextManager[object]:
+    """A child of the current span, or nothing when the current span is not sampled.
+
+    Unsampled requests (most of them at a 10% ratio) then pay for no span at all below their server span.
+    """
+    if trace.get_current_span().is_recording():
+        return tracer.start_as_current_span(name, attributes=attributes)
+    return nullcontext()
 
 
 def setup_tracing(endpoint: str, service_name: str, sample_ratio: float) -> None:
