@@ -27,6 +27,7 @@ REFERENCE_MODEL = "mnist"
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
+    parser.add_argument("--api-key", help="API key, when the server requires one")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
 
 
@@ -80,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--batch-size", type=int, default=256, help="examples per stream message")
     classify.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     _add_target(classify)
+
+    keys = commands.add_parser("keys", help="manage the API key file (hashes and scopes; keys are shown once)")
+    keys.add_argument("action", choices=["add", "revoke", "list"])
+    keys.add_argument("name", nargs="?", help="key name (letters, digits, - and _)")
+    keys.add_argument("--file", type=Path, required=True, help="the server's --api-keys-file")
+    keys.add_argument("--scopes", default="predict", help="comma-separated: predict, admin (default predict)")
 
     models = commands.add_parser("models", help="list models, or show one model's status and signature")
     models.add_argument("model", nargs="?")
@@ -163,7 +170,7 @@ def _as_batch(x: np.ndarray, rank: int | None) -> np.ndarray:
 
 def _predict(args: argparse.Namespace) -> int:
     examples = load_examples(args.file)
-    with TensorgateClient(args.target, timeout_s=args.timeout) as client:
+    with TensorgateClient(args.target, timeout_s=args.timeout, api_key=args.api_key) as client:
         metadata, input_name, dtype = _model_input(client, args.model, args.version)
         spec = metadata.inputs[0]
         x = _as_batch(to_model_input(examples.x, dtype), None if spec.unknown_rank else len(spec.shape))
@@ -181,7 +188,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _classify(args: argparse.Namespace) -> int:
     examples = load_examples(args.source, cache_dir=args.cache_dir)
     started = time.monotonic()
-    with TensorgateClient(args.target, timeout_s=args.timeout) as client:
+    with TensorgateClient(args.target, timeout_s=args.timeout, api_key=args.api_key) as client:
         _, input_name, dtype = _model_input(client, args.model, args.version)
         x = to_model_input(examples.x, dtype)
         batches = ({input_name: x[i : i + args.batch_size]} for i in range(0, len(x), args.batch_size))
@@ -245,7 +252,7 @@ def _print_model(model: Model) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
-    with TensorgateClient(args.target, timeout_s=args.timeout) as client:
+    with TensorgateClient(args.target, timeout_s=args.timeout, api_key=args.api_key) as client:
         if args.model is None:
             for model in client.list_models():
                 _print_model(model)
@@ -260,7 +267,37 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"serve": _serve, "train": _train, "predict": _predict, "classify": _classify, "models": _models}
+def _keys(args: argparse.Namespace) -> int:
+    from tensorgate.server.auth import Principal, hash_key, new_key, parse_key_file, write_key_file
+
+    keys = parse_key_file(args.file.read_text()) if args.file.exists() else {}
+    if args.action == "list":
+        for principal in sorted(keys.values(), key=lambda p: p.name):
+            print(f"{principal.name}: {', '.join(sorted(principal.scopes))}")
+        return 0
+    if not args.name or not args.name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError("a key name of letters, digits, - and _ is required")
+    keys = {digest: p for digest, p in keys.items() if p.name != args.name}
+    if args.action == "add":
+        key = new_key()
+        keys[hash_key(key)] = Principal(args.name, frozenset(s.strip() for s in args.scopes.split(",")))
+        if not keys[hash_key(key)].scopes <= {"predict", "admin"}:
+            raise ValueError(f"scopes must be among predict, admin; got {args.scopes}")
+        write_key_file(args.file, keys)
+        print(key)  # shown once: only its hash is stored
+    else:
+        write_key_file(args.file, keys)
+    return 0
+
+
+_COMMANDS = {
+    "serve": _serve,
+    "train": _train,
+    "predict": _predict,
+    "classify": _classify,
+    "models": _models,
+    "keys": _keys,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

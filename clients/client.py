@@ -67,7 +67,9 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 class TensorgateClient:
     """A connection to one tensorgate server (or to Envoy in front of it)."""
 
-    def __init__(self, target: str, timeout_s: float = 30.0, max_message_bytes: int = 64 * MiB) -> None:
+    def __init__(
+        self, target: str, timeout_s: float = 30.0, max_message_bytes: int = 64 * MiB, api_key: str | None = None
+    ) -> None:
         self._channel = grpc.insecure_channel(
             target,
             options=[
@@ -80,6 +82,7 @@ class TensorgateClient:
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._timeout_s = timeout_s
         self._input_names: dict[tuple[str, str], str] = {}
+        self._credentials = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
     def __enter__(self) -> TensorgateClient:
         return self
@@ -110,7 +113,7 @@ class TensorgateClient:
         for name, array in inputs.items():
             codec.encode_into(np.asarray(array), request.inputs[name])
         with _tracer.start_as_current_span("tensorgate.v1.InferenceService/Predict", kind=SpanKind.CLIENT):
-            response = self._inference.Predict(request, timeout=self._timeout_s, metadata=_trace_metadata())
+            response = self._inference.Predict(request, timeout=self._timeout_s, metadata=self._metadata())
         return {name: codec.decode(tensor, name) for name, tensor in response.outputs.items()}
 
     def stream_predict(
@@ -153,7 +156,7 @@ class TensorgateClient:
                 yield request
 
         with _tracer.start_as_current_span("tensorgate.v1.InferenceService/StreamPredict", kind=SpanKind.CLIENT):
-            call = self._inference.StreamPredict(requests(), timeout=timeout_s, metadata=_trace_metadata())
+            call = self._inference.StreamPredict(requests(), timeout=timeout_s, metadata=self._metadata())
         try:
             for response in call:
                 yield _outputs_of(response)
@@ -162,17 +165,23 @@ class TensorgateClient:
 
     def list_models(self) -> list[Model]:
         """Every model of the server with its versions' states."""
-        return list(self._models.ListModels(ListModelsRequest(), timeout=self._timeout_s).models)
+        return list(
+            self._models.ListModels(ListModelsRequest(), timeout=self._timeout_s, metadata=self._metadata()).models
+        )
 
     def model_status(self, model: str, version: str = "") -> Model:
         """The state of a model's versions (or of one version)."""
         request = GetModelStatusRequest(model=model, version=version)
-        return self._models.GetModelStatus(request, timeout=self._timeout_s).model
+        return self._models.GetModelStatus(request, timeout=self._timeout_s, metadata=self._metadata()).model
 
     def model_metadata(self, model: str, version: str = "") -> GetModelMetadataResponse:
         """The serving signature of a model version."""
         request = GetModelMetadataRequest(model=model, version=version)
-        return self._models.GetModelMetadata(request, timeout=self._timeout_s)
+        return self._models.GetModelMetadata(request, timeout=self._timeout_s, metadata=self._metadata())
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """Credentials and the W3C trace context of the current span."""
+        return self._credentials + _trace_metadata()
 
     def _input_name(self, model: str, version: str) -> str:
         key = (model, version)

@@ -19,6 +19,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY
 
+from tensorgate.server.auth import ApiKeyAuthenticator
 from tensorgate.server.config import ServerConfig
 from tensorgate.server.dataplane import DataPlane
 from tensorgate.server.devices import configure_tensorflow
@@ -51,6 +52,7 @@ async def serve(config: ServerConfig) -> None:
     executor = ThreadPoolExecutor(config.model_workers, thread_name_prefix="model")
     limits = Limits(config.max_examples_per_request, config.max_tensor_elements, config.reject_non_finite)
     dataplane = DataPlane(registry, executor, config.model_workers, limits)
+    authenticator = ApiKeyAuthenticator(config.api_keys_file) if config.api_keys_file else None
     defaults = ModelConfig(device=config.device, batching=config.batching)
     manager = ModelManager(config.model_repository, registry, dataplane, config.signature_name, defaults)
     server = grpc.aio.server(
@@ -61,7 +63,10 @@ async def serve(config: ServerConfig) -> None:
         ]
     )
     server.add_generic_rpc_handlers(
-        generic_handlers(InferenceServicer(dataplane, registry, config.stream_window), ModelServicer(registry, manager))
+        generic_handlers(
+            InferenceServicer(dataplane, registry, config.stream_window, authenticator),
+            ModelServicer(registry, manager, authenticator),
+        )
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

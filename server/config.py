@@ -49,6 +49,9 @@ class ServerConfig(BaseModel):
     )
     trace_sample_ratio: float = Field(0.1, ge=0, le=1, description="Share of new traces sampled (callers' kept).")
     service_name: str = Field("tensorgate", description="service.name of the server's spans.")
+    api_keys_file: Path | None = Field(
+        None, description="TOML file of hashed API keys and their scopes; unset = no authentication (loopback)."
+    )
     metrics_port: int = Field(8502, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint.")
     model_workers: int = Field(2, ge=1, description="Model calls run at once, on threads off the event loop.")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="Default device: auto, cpu or gpu:N.")

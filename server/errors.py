@@ -47,3 +47,15 @@ class DeadlineExceededError(ServingError):
     """The caller's deadline passed before the model ran."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class UnauthenticatedError(ServingError):
+    """No credentials, or credentials the server does not know."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(ServingError):
+    """Known caller without the scope the call needs."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED

@@ -26,6 +26,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tensorgate.server import metrics
+from tensorgate.server.auth import ApiKeyAuthenticator
 from tensorgate.server.dataplane import DataPlane, Prediction
 from tensorgate.server.errors import InvalidArgumentError, ResourceExhaustedError, ServingError
 from tensorgate.server.manager import ModelManager
@@ -90,6 +91,7 @@ def _unary(handler: Handler) -> Handler:
         parent = incoming_context(context.invocation_metadata())
         with tracer.start_as_current_span(handler.__name__, context=parent, kind=SpanKind.SERVER) as span:
             try:
+                _authorize(self, context, "admin" if handler.__name__ in ADMIN_METHODS else "predict")
                 return await handler(self, request, context)
             except ServingError as exc:
                 code = exc.code
@@ -117,7 +119,19 @@ def _unary(handler: Handler) -> Handler:
 # runs in its own task with its own copy of the context, so concurrent calls do not see each other's value.
 _MODEL_LABEL: ContextVar[str] = ContextVar("tensorgate_model_label", default="")
 _VERSION_LABEL: ContextVar[str] = ContextVar("tensorgate_version_label", default="")  # the version that answered
-_REJECTION_REASONS = {grpc.StatusCode.INVALID_ARGUMENT: "invalid", grpc.StatusCode.RESOURCE_EXHAUSTED: "overload"}
+_REJECTION_REASONS = {
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "overload",
+    grpc.StatusCode.UNAUTHENTICATED: "unauthenticated",
+    grpc.StatusCode.PERMISSION_DENIED: "unauthorized",
+}
+ADMIN_METHODS = frozenset({"load_model", "unload_model", "reload_model", "set_model_labels"})
+
+
+def _authorize(servicer: object, context: grpc.aio.ServicerContext, scope: str) -> None:
+    authenticator: ApiKeyAuthenticator | None = getattr(servicer, "authenticator", None)
+    if authenticator is not None:
+        authenticator.authorize(context.invocation_metadata(), scope)
 
 
 def _label_model(registry: ModelRegistry, model: str) -> None:
@@ -159,10 +173,17 @@ def _status(exc: ServingError) -> status_pb2.Status:
 class InferenceServicer:
     """tensorgate.v1.InferenceService."""
 
-    def __init__(self, dataplane: DataPlane, registry: ModelRegistry, stream_window: int) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        registry: ModelRegistry,
+        stream_window: int,
+        authenticator: ApiKeyAuthenticator | None = None,
+    ) -> None:
         self._dataplane = dataplane
         self._registry = registry
         self._stream_window = stream_window
+        self.authenticator = authenticator
 
     @_unary
     async def predict(self, data: bytes, context: grpc.aio.ServicerContext) -> PredictResponse:
@@ -187,6 +208,11 @@ class InferenceServicer:
         its answer is written. When the model or the client's reading falls
         behind, the reader stops and HTTP/2 flow control slows the sender.
         """
+        try:
+            _authorize(self, context, "predict")
+        except ServingError as exc:
+            _record("stream_predict", exc.code, time.perf_counter())
+            await context.abort(exc.code, str(exc))
         slots = asyncio.Semaphore(self._stream_window)
         started: asyncio.Queue[asyncio.Future[StreamPredictResponse] | None] = asyncio.Queue()
 
@@ -296,9 +322,12 @@ def _version_status(version: ModelVersion) -> model_service_pb2.ModelVersionStat
 class ModelServicer:
     """tensorgate.v1.ModelService: status and metadata from the registry, admin calls through the manager."""
 
-    def __init__(self, registry: ModelRegistry, manager: ModelManager) -> None:
+    def __init__(
+        self, registry: ModelRegistry, manager: ModelManager, authenticator: ApiKeyAuthenticator | None = None
+    ) -> None:
         self._registry = registry
         self._manager = manager
+        self.authenticator = authenticator
 
     def _model(self, name: str) -> model_service_pb2.Model:
         versions = [_version_status(v) for v in self._registry.versions(name)]

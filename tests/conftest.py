@@ -143,7 +143,7 @@ def wait_until_gateway_answers(url: str, process: subprocess.Popen[bytes], timeo
         if process.poll() is not None:
             raise RuntimeError(f"stack exited with {process.returncode} before the gateway answered")
         try:
-            with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}/openapi.json", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
