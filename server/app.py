@@ -33,6 +33,7 @@ from tensorgate.server.grpc_services import (
 from tensorgate.server.manager import ModelManager
 from tensorgate.server.metrics import ModelStateCollector, start_metrics_server
 from tensorgate.server.model_config import ModelConfig
+from tensorgate.server.rate_limit import RateLimiter
 from tensorgate.server.registry import ModelRegistry
 from tensorgate.server.tracing import setup_tracing, shutdown_tracing
 from tensorgate.server.validation import Limits
@@ -52,7 +53,8 @@ async def serve(config: ServerConfig) -> None:
     executor = ThreadPoolExecutor(config.model_workers, thread_name_prefix="model")
     limits = Limits(config.max_examples_per_request, config.max_tensor_elements, config.reject_non_finite)
     dataplane = DataPlane(registry, executor, config.model_workers, limits)
-    authenticator = ApiKeyAuthenticator(config.api_keys_file) if config.api_keys_file else None
+    limiter = RateLimiter(config.rate_limit_per_key, config.rate_limit_burst) if config.rate_limit_per_key else None
+    authenticator = ApiKeyAuthenticator(config.api_keys_file, limiter) if config.api_keys_file else None
     defaults = ModelConfig(device=config.device, batching=config.batching)
     manager = ModelManager(config.model_repository, registry, dataplane, config.signature_name, defaults)
     server = grpc.aio.server(

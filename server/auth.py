@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tensorgate.server.errors import PermissionDeniedError, UnauthenticatedError
+from tensorgate.server.rate_limit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +71,19 @@ def parse_key_file(text: str) -> dict[str, Principal]:
 class ApiKeyAuthenticator:
     """Checks the credentials of each call against the key file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, limiter: RateLimiter | None = None) -> None:
         self._path = path
+        self._limiter = limiter
         self._keys = parse_key_file(path.read_text())
         self._mtime = path.stat().st_mtime_ns
         self._checked = time.monotonic()
         log.info("api keys loaded", extra={"fields": {"file": str(path), "keys": len(self._keys)}})
 
     def authorize(self, metadata: Iterable[tuple[str, str | bytes]] | None, scope: str) -> Principal:
-        """The caller, if its key is known and holds ``scope``; UNAUTHENTICATED or PERMISSION_DENIED otherwise."""
+        """The caller, if its key is known, holds ``scope`` and is within its rate.
+
+        UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED otherwise.
+        """
         self._reload_if_changed()
         key = _presented_key(metadata)
         if key is None:
@@ -88,6 +93,8 @@ class ApiKeyAuthenticator:
             raise UnauthenticatedError("unknown or revoked API key")
         if scope not in principal.scopes:
             raise PermissionDeniedError(f"key {principal.name!r} lacks the {scope!r} scope")
+        if self._limiter is not None:
+            self._limiter.take(principal.name)
         return principal
 
     def _reload_if_changed(self) -> None:

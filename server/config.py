@@ -52,6 +52,10 @@ class ServerConfig(BaseModel):
     api_keys_file: Path | None = Field(
         None, description="TOML file of hashed API keys and their scopes; unset = no authentication (loopback)."
     )
+    rate_limit_per_key: float = Field(
+        0, ge=0, description="Requests per second each API key may make (0 = unlimited); needs api_keys_file."
+    )
+    rate_limit_burst: int = Field(20, ge=1, description="Requests an API key may make at once above its rate.")
     metrics_port: int = Field(8502, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint.")
     model_workers: int = Field(2, ge=1, description="Model calls run at once, on threads off the event loop.")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="Default device: auto, cpu or gpu:N.")

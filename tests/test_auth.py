@@ -40,7 +40,8 @@ def secured(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     keys_file = tmp_path_factory.mktemp("auth") / "keys.toml"
     keys = {"predict": add_key(keys_file, "batch-job", "predict"), "admin": add_key(keys_file, "ops", "predict,admin")}
     assert keys["predict"] not in keys_file.read_text()  # only hashes are stored
-    stack = start_server(root, keys_file.parent / "stack.log", "--api-keys-file", str(keys_file), gateway=True)
+    limits = ("--rate-limit-per-key", "50", "--rate-limit-burst", "50")
+    stack = start_server(root, keys_file.parent / "stack.log", "--api-keys-file", str(keys_file), *limits, gateway=True)
     yield stack, keys_file, keys
     assert stack.stop() == 0
     log = stack.log()
@@ -116,3 +117,23 @@ def test_keys_rotate_without_restart(secured: tuple[ServerProcess, Path, dict]) 
             break
         assert time.monotonic() < deadline, "revoked key still accepted"
         time.sleep(0.3)
+
+
+def test_a_key_over_its_rate_is_refused_and_others_are_not(secured: tuple[ServerProcess, Path, dict]) -> None:
+    stack, keys_file, keys = secured
+    noisy = add_key(keys_file, "noisy", "predict")
+    time.sleep(1.5)  # the server re-reads the key file
+    codes = []
+    with TensorgateClient(stack.target, api_key=noisy) as client:
+        for _ in range(120):
+            try:
+                client.model_status("mnist")
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    assert "rate limit of 50 requests/s for 'noisy' exceeded" in exc.details()
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and codes[0] == grpc.StatusCode.OK
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    with TensorgateClient(stack.target, api_key=keys["predict"]) as client:  # another key is unaffected
+        assert client.predict("mnist", X).shape == (1, 10)
