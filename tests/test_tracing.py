@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from tensorgate.clients.client import TensorgateClient
 
 from conftest import ServerProcess, free_port, start_server
 
@@ -163,10 +166,6 @@ def test_grpc_client_trace_continues_through_gateway_and_server(traced: tuple[Se
 
 def test_log_lines_carry_the_trace_id(traced: tuple[ServerProcess, Collector]) -> None:
     stack, collector = traced
-    import numpy as np
-
-    from tensorgate.clients.client import TensorgateClient
-
     with TensorgateClient(stack.target) as client:
         list(client.stream_predict("mnist", iter(np.zeros((3, 28, 28), np.float32)), batch_size=1))
     deadline = time.monotonic() + 30
