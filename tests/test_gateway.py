@@ -100,11 +100,10 @@ def test_string_and_integer_tensors_over_rest(stack: ServerProcess) -> None:
     status, text = rest(stack, "POST", "/v1/models/scorer:predict", body)
     assert status == 200, text
     outputs = json.loads(text)["outputs"]
-    assert (
-        outputs["total"]["int64Values"] == ["9"] and outputs["tagLength"]["intValues"] == [6]
-        if "tagLength" in outputs
-        else outputs["tag_length"]["intValues"] == [6]
-    )
+    # Map keys (output names) keep their spelling; only message fields become camelCase in JSON.
+    assert outputs["total"]["int64Values"] == ["9"]
+    assert outputs["tag_length"]["intValues"] == [6]
+    assert outputs["scaled"]["doubleValues"] == [2, 4, 6]
     assert outputs["positive"]["boolValues"] == [True]
 
 
