@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
-from tensorgate.clients.client import TensorgateClient
+from tensorgate.clients.client import ClientTls, TensorgateClient
 from tensorgate.clients.datasets import DEFAULT_CACHE_DIR, Examples, load_examples, to_model_input
 from tensorgate.v1 import codec
 from tensorgate.v1.model_service_pb2 import GetModelMetadataResponse, Model, ModelVersionState
@@ -27,7 +27,11 @@ REFERENCE_MODEL = "mnist"
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
-    parser.add_argument("--api-key", help="API key, when the server requires one")
+    parser.add_argument("--api-key", help="API key, when the server requires one (sent as x-api-key)")
+    parser.add_argument("--token", help="JWT from your identity provider (sent as authorization: Bearer)")
+    parser.add_argument("--ca-file", type=Path, help="CA of the server's certificate: connect over TLS")
+    parser.add_argument("--cert-file", type=Path, help="client certificate, for an mTLS port")
+    parser.add_argument("--key-file", type=Path, help="private key of --cert-file")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
 
 
@@ -87,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("name", nargs="?", help="key name (letters, digits, - and _)")
     keys.add_argument("--file", type=Path, required=True, help="the server's --api-keys-file")
     keys.add_argument("--scopes", default="predict", help="comma-separated: predict, admin (default predict)")
+    keys.add_argument("--models", default="", help="comma-separated models the key may use (default: all)")
+
+    certs = commands.add_parser("certs", help="create a development CA and server, gateway and client certificates")
+    certs.add_argument("--out", type=Path, default=Path("certs"), help="directory for the PEM files (default certs/)")
+    certs.add_argument(
+        "--hosts", default="localhost,127.0.0.1", help="comma-separated names and addresses of the certificates"
+    )
+    certs.add_argument("--days", type=int, default=365)
 
     models = commands.add_parser("models", help="list models, or show one model's status and signature")
     models.add_argument("model", nargs="?")
@@ -155,6 +167,11 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> TensorgateClient:
+    tls = ClientTls(args.ca_file, args.cert_file, args.key_file) if args.ca_file else None
+    return TensorgateClient(args.target, timeout_s=args.timeout, api_key=args.api_key, token=args.token, tls=tls)
+
+
 def _model_input(client: TensorgateClient, model: str, version: str) -> tuple[GetModelMetadataResponse, str, np.dtype]:
     metadata = client.model_metadata(model, version)
     if len(metadata.inputs) != 1:
@@ -170,7 +187,7 @@ def _as_batch(x: np.ndarray, rank: int | None) -> np.ndarray:
 
 def _predict(args: argparse.Namespace) -> int:
     examples = load_examples(args.file)
-    with TensorgateClient(args.target, timeout_s=args.timeout, api_key=args.api_key) as client:
+    with _client(args) as client:
         metadata, input_name, dtype = _model_input(client, args.model, args.version)
         spec = metadata.inputs[0]
         x = _as_batch(to_model_input(examples.x, dtype), None if spec.unknown_rank else len(spec.shape))
@@ -188,7 +205,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _classify(args: argparse.Namespace) -> int:
     examples = load_examples(args.source, cache_dir=args.cache_dir)
     started = time.monotonic()
-    with TensorgateClient(args.target, timeout_s=args.timeout, api_key=args.api_key) as client:
+    with _client(args) as client:
         _, input_name, dtype = _model_input(client, args.model, args.version)
         x = to_model_input(examples.x, dtype)
         batches = ({input_name: x[i : i + args.batch_size]} for i in range(0, len(x), args.batch_size))
@@ -252,7 +269,7 @@ def _print_model(model: Model) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
-    with TensorgateClient(args.target, timeout_s=args.timeout, api_key=args.api_key) as client:
+    with _client(args) as client:
         if args.model is None:
             for model in client.list_models():
                 _print_model(model)
@@ -280,13 +297,24 @@ def _keys(args: argparse.Namespace) -> int:
     keys = {digest: p for digest, p in keys.items() if p.name != args.name}
     if args.action == "add":
         key = new_key()
-        keys[hash_key(key)] = Principal(args.name, frozenset(s.strip() for s in args.scopes.split(",")))
+        models = frozenset(m.strip() for m in args.models.split(",") if m.strip())
+        keys[hash_key(key)] = Principal(args.name, frozenset(s.strip() for s in args.scopes.split(",")), models)
         if not keys[hash_key(key)].scopes <= {"predict", "admin"}:
             raise ValueError(f"scopes must be among predict, admin; got {args.scopes}")
         write_key_file(args.file, keys)
         print(key)  # shown once: only its hash is stored
     else:
         write_key_file(args.file, keys)
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from tensorgate.server.certs import create_dev_pki
+
+    pki = create_dev_pki(args.out, [h.strip() for h in args.hosts.split(",") if h.strip()], args.days)
+    print(f"CA {pki.ca}")
+    for name, pair in (("server", pki.server), ("gateway", pki.gateway), ("client", pki.client)):
+        print(f"{name} {pair.cert} {pair.key}")
     return 0
 
 
@@ -297,6 +325,7 @@ _COMMANDS = {
     "classify": _classify,
     "models": _models,
     "keys": _keys,
+    "certs": _certs,
 }
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -52,6 +54,23 @@ RETRY_SERVICE_CONFIG = json.dumps(
 )
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """TLS towards the server or Envoy: the CA that signed its certificate, and our own pair for mTLS."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC channel credentials from the PEM files."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_file.read_bytes(),
+            private_key=self.key_file.read_bytes() if self.key_file else None,
+            certificate_chain=self.cert_file.read_bytes() if self.cert_file else None,
+        )
+
+
 class StreamItemError(RuntimeError):
     """One request of a stream failed on the server; ``code`` is its gRPC status code."""
 
@@ -68,21 +87,32 @@ class TensorgateClient:
     """A connection to one tensorgate server (or to Envoy in front of it)."""
 
     def __init__(
-        self, target: str, timeout_s: float = 30.0, max_message_bytes: int = 64 * MiB, api_key: str | None = None
+        self,
+        target: str,
+        timeout_s: float = 30.0,
+        max_message_bytes: int = 64 * MiB,
+        api_key: str | None = None,
+        token: str | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.service_config", RETRY_SERVICE_CONFIG),
-            ],
-        )
+        """``api_key`` travels as ``x-api-key``, a JWT ``token`` as ``authorization: Bearer``; ``tls`` = None is
+        plaintext (loopback development)."""
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.service_config", RETRY_SERVICE_CONFIG),
+        ]
+        if tls is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
         self._inference = inference_service_pb2_grpc.InferenceServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._timeout_s = timeout_s
         self._input_names: dict[tuple[str, str], str] = {}
-        self._credentials = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self._credentials = ((("x-api-key", api_key),) if api_key else ()) + (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
 
     def __enter__(self) -> TensorgateClient:
         return self

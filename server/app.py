@@ -19,8 +19,8 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY
 
-from tensorgate.server.auth import ApiKeyAuthenticator
-from tensorgate.server.config import ServerConfig
+from tensorgate.server.auth import ApiKeyStore, Authenticator
+from tensorgate.server.config import ServerConfig, TlsConfig
 from tensorgate.server.dataplane import DataPlane
 from tensorgate.server.devices import configure_tensorflow
 from tensorgate.server.grpc_services import (
@@ -30,6 +30,7 @@ from tensorgate.server.grpc_services import (
     ModelServicer,
     generic_handlers,
 )
+from tensorgate.server.jwt_auth import JwtVerifier
 from tensorgate.server.manager import ModelManager
 from tensorgate.server.metrics import ModelStateCollector, start_metrics_server
 from tensorgate.server.model_config import ModelConfig
@@ -53,8 +54,7 @@ async def serve(config: ServerConfig) -> None:
     executor = ThreadPoolExecutor(config.model_workers, thread_name_prefix="model")
     limits = Limits(config.max_examples_per_request, config.max_tensor_elements, config.reject_non_finite)
     dataplane = DataPlane(registry, executor, config.model_workers, limits)
-    limiter = RateLimiter(config.rate_limit_per_key, config.rate_limit_burst) if config.rate_limit_per_key else None
-    authenticator = ApiKeyAuthenticator(config.api_keys_file, limiter) if config.api_keys_file else None
+    authenticator = build_authenticator(config)
     defaults = ModelConfig(device=config.device, batching=config.batching)
     manager = ModelManager(config.model_repository, registry, dataplane, config.signature_name, defaults)
     server = grpc.aio.server(
@@ -66,7 +66,14 @@ async def serve(config: ServerConfig) -> None:
     )
     server.add_generic_rpc_handlers(
         generic_handlers(
-            InferenceServicer(dataplane, registry, config.stream_window, authenticator),
+            InferenceServicer(
+                dataplane,
+                registry,
+                config.stream_window,
+                config.max_stream_duration_s,
+                config.max_request_timeout_s,
+                authenticator,
+            ),
             ModelServicer(registry, manager, authenticator),
         )
     )
@@ -81,9 +88,12 @@ async def serve(config: ServerConfig) -> None:
     )
     REGISTRY.register(ModelStateCollector(registry.states))
     start_metrics_server(config.host, config.metrics_port)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    credentials = server_credentials(config.tls)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     await server.start()
-    log.info("listening", extra={"fields": {"address": f"{config.host}:{port}"}})
+    transport = "mtls" if config.tls.ca_file else "tls" if config.tls.enabled else "plaintext"
+    log.info("listening", extra={"fields": {"address": f"{config.host}:{port}", "transport": transport}})
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -110,6 +120,29 @@ async def serve(config: ServerConfig) -> None:
     executor.shutdown(wait=True, cancel_futures=True)
     shutdown_tracing()
     log.info("stopped")
+
+
+def build_authenticator(config: ServerConfig) -> Authenticator | None:
+    """API keys, JWTs, both, or None (no authentication: loopback development)."""
+    keys = ApiKeyStore(config.api_keys_file) if config.api_keys_file else None
+    jwt = config.jwt
+    tokens = (
+        JwtVerifier(jwt.jwks_file, jwt.issuer, jwt.audiences, jwt.algorithms, jwt.leeway_s) if jwt.jwks_file else None
+    )
+    if keys is None and tokens is None:
+        return None
+    limiter = RateLimiter(config.rate_limit_per_key, config.rate_limit_burst) if config.rate_limit_per_key else None
+    return Authenticator(keys, tokens, limiter)
+
+
+def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials of the gRPC port (mTLS when a client CA is set); None when the port is plaintext."""
+    if not tls.enabled:
+        return None
+    assert tls.cert_file is not None and tls.key_file is not None
+    pair = (tls.key_file.read_bytes(), tls.cert_file.read_bytes())
+    client_ca = tls.ca_file.read_bytes() if tls.ca_file is not None else None
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
 def run(config: ServerConfig) -> None:

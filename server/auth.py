@@ -1,20 +1,23 @@
-"""API-key authentication and scope authorization of every tensorgate RPC.
+"""Authentication and scope authorization of every tensorgate RPC: API keys and JWTs.
 
-Keys live in a TOML file (``--api-keys-file``), one table per key, holding only
+API keys live in a TOML file (``--api-keys-file``), one table per key, holding only
 the SHA-256 of the key, never the key itself::
 
     [keys.batch-job]
     sha256 = "9f86d081..."
     scopes = ["predict"]
+    models = ["mnist"]          # optional: only these models
 
     [keys.ops]
     sha256 = "60303ae2..."
     scopes = ["predict", "admin"]
 
-Callers send ``authorization: Bearer <key>`` (or ``x-api-key: <key>``). The
-file is re-read when it changes, so keys rotate without a restart. Scopes:
-``predict`` (inference, status, metadata) and ``admin`` (load, unload, reload,
-labels). Health and reflection are separate services and stay public.
+Callers send ``x-api-key: <key>`` (or ``authorization: Bearer <key>`` when JWTs
+are off). The file is re-read when it changes, so keys rotate without a
+restart. JWTs (``authorization: Bearer <jwt>``) are verified by
+:mod:`tensorgate.server.jwt_auth`. Scopes: ``predict`` (inference, status,
+metadata) and ``admin`` (load, unload, reload, labels). Health and reflection
+are separate services and stay public.
 """
 
 from __future__ import annotations
@@ -27,9 +30,13 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tensorgate.server.errors import PermissionDeniedError, UnauthenticatedError
 from tensorgate.server.rate_limit import RateLimiter
+
+if TYPE_CHECKING:
+    from tensorgate.server.jwt_auth import JwtVerifier
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +46,16 @@ RELOAD_CHECK_S = 1.0  # how often the key file's modification time is looked at
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the key's name (for logs) and what it may do."""
+    """Who is calling: the key's or token subject's name (for logs) and what it may do."""
 
     name: str
     scopes: frozenset[str]
+    models: frozenset[str] = frozenset()  # empty = every model
+
+    def check_model(self, model: str) -> None:
+        """PERMISSION_DENIED unless this caller may use ``model``."""
+        if self.models and model not in self.models:
+            raise PermissionDeniedError(f"{self.name!r} may not use model {model!r}")
 
 
 def hash_key(key: str) -> str:
@@ -60,42 +73,70 @@ def parse_key_file(text: str) -> dict[str, Principal]:
     keys: dict[str, Principal] = {}
     for name, entry in tomllib.loads(text).get("keys", {}).items():
         digest, scopes = entry.get("sha256", ""), frozenset(entry.get("scopes", ()))
+        models = frozenset(entry.get("models", ()))
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ValueError(f"key {name!r}: sha256 must be 64 lowercase hex digits")
         if not scopes or not scopes <= set(SCOPES):
             raise ValueError(f"key {name!r}: scopes must be a non-empty subset of {list(SCOPES)}")
-        keys[digest] = Principal(name, scopes)
+        if not all(isinstance(model, str) and model for model in models):
+            raise ValueError(f"key {name!r}: models must be a list of model names")
+        keys[digest] = Principal(name, scopes, models)
     return keys
 
 
-class ApiKeyAuthenticator:
-    """Checks the credentials of each call against the key file."""
+class Authenticator:
+    """Checks the credentials of each call: API keys, JWTs, or either; then scope and rate."""
 
-    def __init__(self, path: Path, limiter: RateLimiter | None = None) -> None:
-        self._path = path
+    def __init__(
+        self, keys: ApiKeyStore | None, tokens: JwtVerifier | None, limiter: RateLimiter | None = None
+    ) -> None:
+        self._keys = keys
+        self._tokens = tokens
         self._limiter = limiter
+
+    def authorize(self, metadata: Iterable[tuple[str, str | bytes]] | None, scope: str) -> Principal:
+        """The caller, if its credentials are valid, hold ``scope`` and are within their rate.
+
+        UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED otherwise.
+        """
+        principal = self._authenticate(metadata)
+        if scope not in principal.scopes:
+            raise PermissionDeniedError(f"{principal.name!r} lacks the {scope!r} scope")
+        if self._limiter is not None:
+            self._limiter.take(principal.name)
+        return principal
+
+    def _authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
+        api_key, bearer = _presented_credentials(metadata)
+        if bearer is not None and self._tokens is not None and bearer.count(".") == 2:
+            return self._tokens.verify(bearer)
+        key = api_key if api_key is not None else bearer
+        if key is None:
+            wanted = " or ".join(
+                ([] if self._keys is None else ["'x-api-key: <key>'"])
+                + ([] if self._tokens is None else ["'authorization: Bearer <jwt>'"])
+            )
+            raise UnauthenticatedError(f"missing credentials: send {wanted}")
+        principal = self._keys.lookup(key) if self._keys is not None else None
+        if principal is None:
+            raise UnauthenticatedError("unknown or revoked API key" if self._keys else "not a valid JWT")
+        return principal
+
+
+class ApiKeyStore:
+    """The hashed API keys of the key file, re-read when the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
         self._keys = parse_key_file(path.read_text())
         self._mtime = path.stat().st_mtime_ns
         self._checked = time.monotonic()
         log.info("api keys loaded", extra={"fields": {"file": str(path), "keys": len(self._keys)}})
 
-    def authorize(self, metadata: Iterable[tuple[str, str | bytes]] | None, scope: str) -> Principal:
-        """The caller, if its key is known, holds ``scope`` and is within its rate.
-
-        UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED otherwise.
-        """
+    def lookup(self, key: str) -> Principal | None:
+        """The principal of ``key``, or None for an unknown or revoked key."""
         self._reload_if_changed()
-        key = _presented_key(metadata)
-        if key is None:
-            raise UnauthenticatedError("missing credentials: send 'authorization: Bearer <api key>'")
-        principal = self._keys.get(hash_key(key))
-        if principal is None:
-            raise UnauthenticatedError("unknown or revoked API key")
-        if scope not in principal.scopes:
-            raise PermissionDeniedError(f"key {principal.name!r} lacks the {scope!r} scope")
-        if self._limiter is not None:
-            self._limiter.take(principal.name)
-        return principal
+        return self._keys.get(hash_key(key))
 
     def _reload_if_changed(self) -> None:
         now = time.monotonic()
@@ -117,19 +158,24 @@ def write_key_file(path: Path, keys: dict[str, Principal]) -> None:
     lines = []
     for digest, principal in sorted(keys.items(), key=lambda item: item[1].name):
         scopes = ", ".join(f'"{scope}"' for scope in sorted(principal.scopes))
-        lines += [f"[keys.{principal.name}]", f'sha256 = "{digest}"', f"scopes = [{scopes}]", ""]
+        lines += [f"[keys.{principal.name}]", f'sha256 = "{digest}"', f"scopes = [{scopes}]"]
+        if principal.models:
+            lines.append("models = [" + ", ".join(f'"{model}"' for model in sorted(principal.models)) + "]")
+        lines.append("")
     partial = path.with_name(f".{path.name}.tmp")
     partial.write_text("\n".join(lines))
     partial.chmod(0o600)
     partial.replace(path)
 
 
-def _presented_key(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+def _presented_credentials(metadata: Iterable[tuple[str, str | bytes]] | None) -> tuple[str | None, str | None]:
+    """The ``x-api-key`` value and the ``authorization: Bearer`` token, each None when absent."""
+    api_key = bearer = None
     for name, value in metadata or ():
         if not isinstance(value, str):
             continue
-        if name == "authorization" and value.lower().startswith("bearer "):
-            return value[7:].strip()
-        if name == "x-api-key":
-            return value.strip()
-    return None
+        if name == "authorization" and value[:7].lower() == "bearer ":
+            bearer = value[7:].strip()
+        elif name == "x-api-key":
+            api_key = value.strip()
+    return api_key, bearer

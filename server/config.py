@@ -7,13 +7,14 @@ flags from these fields, so a knob is documented once, here.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tensorgate.server.batching import BatchingConfig
 
@@ -25,6 +26,57 @@ DEVICE_PATTERN = r"^(auto|cpu|gpu:\d+)$"
 
 class ConfigError(ValueError):
     """The configuration file, environment or flags hold an invalid value."""
+
+
+class TlsConfig(BaseModel):
+    """Certificates of one TLS endpoint, as PEM files. No certificate file = plaintext."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cert_file: Path | None = Field(None, description="PEM certificate chain this side presents.")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file.")
+    ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle: on a listener, callers must present a certificate it signed (mTLS); "
+        "on the gateway's upstream side, it verifies the server's certificate.",
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        for path in (self.cert_file, self.key_file, self.ca_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path} is not a readable file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this endpoint speaks TLS."""
+        return self.cert_file is not None
+
+
+class JwtConfig(BaseModel):
+    """JSON Web Tokens from an identity provider, verified against its public keys (JWKS)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    jwks_file: Path | None = Field(None, description="JWKS file of the issuer's public keys; unset = JWTs off.")
+    issuer: str = Field("", description="Required `iss` claim.")
+    audiences: list[str] = Field(["tensorgate"], description="Accepted `aud` values (comma-separated in env/flags).")
+    algorithms: list[str] = Field(["RS256", "ES256"], description="Signature algorithms accepted (allow-list).")
+    leeway_s: float = Field(30.0, ge=0, description="Clock skew tolerated on exp/nbf, in seconds.")
+
+    @field_validator("audiences", "algorithms", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _issuer_with_keys(self) -> JwtConfig:
+        if self.jwks_file is not None and not self.issuer:
+            raise ValueError("jwt.issuer is required with jwt.jwks_file")
+        return self
 
 
 class ServerConfig(BaseModel):
@@ -56,6 +108,18 @@ class ServerConfig(BaseModel):
         0, ge=0, description="Requests per second each API key may make (0 = unlimited); needs api_keys_file."
     )
     rate_limit_burst: int = Field(20, ge=1, description="Requests an API key may make at once above its rate.")
+    jwt: JwtConfig = Field(default_factory=JwtConfig, description="JWT authentication (with or without API keys).")
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS of the gRPC port; ca_file makes it mTLS.")
+    gateway_tls: TlsConfig = Field(
+        default_factory=TlsConfig, description="TLS of Envoy's listener (REST and gRPC, HTTP/2 by ALPN)."
+    )
+    upstream_tls: TlsConfig = Field(
+        default_factory=TlsConfig,
+        description="Envoy's side towards a TLS server: its client certificate, and the CA of the server's.",
+    )
+    allow_plaintext: bool = Field(
+        False, description="Allow listeners without TLS on non-loopback addresses (e.g. behind a mesh sidecar)."
+    )
     metrics_port: int = Field(8502, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint.")
     model_workers: int = Field(2, ge=1, description="Model calls run at once, on threads off the event loop.")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="Default device: auto, cpu or gpu:N.")
@@ -68,11 +132,48 @@ class ServerConfig(BaseModel):
     max_examples_per_request: int = Field(4096, ge=1, description="Largest batch (first dimension) of one request.")
     max_tensor_elements: int = Field(16 * MiB, ge=1, description="Largest number of elements of one input tensor.")
     reject_non_finite: bool = Field(True, description="Refuse NaN and infinite values in floating-point inputs.")
+    max_stream_duration_s: float = Field(
+        3600.0, gt=0, description="Longest a StreamPredict stream may stay open; then DEADLINE_EXCEEDED."
+    )
+    max_request_timeout_s: float = Field(
+        300.0, gt=0, description="Deadline of a unary call that sets none, and the most one may set."
+    )
     stream_window: int = Field(
         8, ge=1, description="Requests of one StreamPredict stream worked on at once; reading pauses when full."
     )
     shutdown_grace_s: float = Field(30.0, ge=0, description="Seconds in-flight calls may take to finish on SIGTERM.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
+
+    @model_validator(mode="after")
+    def _no_silent_plaintext(self) -> ServerConfig:
+        """Plaintext beyond loopback is a decision someone writes down, never what happens by default."""
+        if self.allow_plaintext:
+            return self
+        if not self.tls.enabled and not is_loopback(self.host):
+            raise ValueError(f"host {self.host} is not loopback: configure tls (or set allow_plaintext)")
+        if self.gateway and not self.gateway_tls.enabled and not is_loopback(self.host):
+            raise ValueError(f"host {self.host} is not loopback: configure gateway_tls (or set allow_plaintext)")
+        return self
+
+    @model_validator(mode="after")
+    def _upstream_matches_server(self) -> ServerConfig:
+        if not (self.gateway and self.tls.enabled):
+            return self
+        if self.upstream_tls.ca_file is None:
+            raise ValueError("tls on the server needs upstream_tls.ca_file, so that Envoy can verify it")
+        if self.tls.ca_file is not None and not self.upstream_tls.enabled:
+            raise ValueError("tls.ca_file requires client certificates: set upstream_tls cert and key for Envoy")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:

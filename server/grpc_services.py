@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -26,7 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tensorgate.server import metrics
-from tensorgate.server.auth import ApiKeyAuthenticator
+from tensorgate.server.auth import Authenticator, Principal
 from tensorgate.server.dataplane import DataPlane, Prediction
 from tensorgate.server.errors import InvalidArgumentError, ResourceExhaustedError, ServingError
 from tensorgate.server.manager import ModelManager
@@ -98,8 +99,7 @@ def _unary(handler: Handler) -> Handler:
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 # The full status (with details such as RetryInfo) travels as grpc-status-details-bin,
                 # where grpcio-status clients and Envoy's convert_grpc_status read it.
-                details = (("grpc-status-details-bin", _status(exc).SerializeToString()),)
-                await context.abort(exc.code, str(exc), trailing_metadata=details)
+                await context.abort(exc.code, str(exc), trailing_metadata=_error_metadata(exc))
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -128,14 +128,33 @@ _REJECTION_REASONS = {
 ADMIN_METHODS = frozenset({"load_model", "unload_model", "reload_model", "set_model_labels"})
 
 
+# The authenticated caller of the current RPC (None when authentication is off), for per-model checks.
+_PRINCIPAL: ContextVar[Principal | None] = ContextVar("tensorgate_principal", default=None)
+
+
 def _authorize(servicer: object, context: grpc.aio.ServicerContext, scope: str) -> None:
-    authenticator: ApiKeyAuthenticator | None = getattr(servicer, "authenticator", None)
+    authenticator: Authenticator | None = getattr(servicer, "authenticator", None)
     if authenticator is not None:
-        authenticator.authorize(context.invocation_metadata(), scope)
+        _PRINCIPAL.set(authenticator.authorize(context.invocation_metadata(), scope))
 
 
-def _label_model(registry: ModelRegistry, model: str) -> None:
+def _select_model(registry: ModelRegistry, model: str) -> None:
+    """Label the request's metrics with ``model`` and check that the caller may use it."""
     _MODEL_LABEL.set(model if registry.knows(model) else metrics.UNKNOWN_MODEL)
+    if (principal := _PRINCIPAL.get()) is not None:
+        principal.check_model(model)
+
+
+def _error_metadata(exc: ServingError) -> tuple[tuple[str, str | bytes], ...]:
+    """Trailers of a failed call: the full google.rpc.Status, and Retry-After (seconds) for overload.
+
+    grpcio-status clients and Envoy's convert_grpc_status read grpc-status-details-bin; Envoy passes
+    retry-after on to REST callers as the HTTP header.
+    """
+    metadata: tuple[tuple[str, str | bytes], ...] = (("grpc-status-details-bin", _status(exc).SerializeToString()),)
+    if isinstance(exc, ResourceExhaustedError):
+        metadata += (("retry-after", str(max(1, math.ceil(exc.retry_after_s)))),)
+    return metadata
 
 
 def _record(method: str, code: grpc.StatusCode, started: float) -> None:
@@ -178,20 +197,29 @@ class InferenceServicer:
         dataplane: DataPlane,
         registry: ModelRegistry,
         stream_window: int,
-        authenticator: ApiKeyAuthenticator | None = None,
+        max_stream_duration_s: float,
+        max_request_timeout_s: float,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self._dataplane = dataplane
         self._registry = registry
         self._stream_window = stream_window
+        self._max_stream_duration_s = max_stream_duration_s
+        self._max_request_timeout_s = max_request_timeout_s
         self.authenticator = authenticator
+
+    def _time_left(self, context: grpc.aio.ServicerContext) -> float:
+        """The caller's deadline, capped by (or defaulting to) the server's maximum request timeout."""
+        remaining = context.time_remaining()
+        return self._max_request_timeout_s if remaining is None else min(remaining, self._max_request_timeout_s)
 
     @_unary
     async def predict(self, data: bytes, context: grpc.aio.ServicerContext) -> PredictResponse:
         request = _parse(PredictRequest, data)
-        _label_model(self._registry, request.model)
+        _select_model(self._registry, request.model)
         inputs, raw = _decode_inputs(request.inputs)
         prediction = await self._dataplane.predict(
-            request.model, request.version, inputs, request.output_filter, context.time_remaining()
+            request.model, request.version, inputs, request.output_filter, self._time_left(context)
         )
         response = PredictResponse(model=prediction.model, version=str(prediction.version))
         _VERSION_LABEL.set(response.version)
@@ -212,7 +240,7 @@ class InferenceServicer:
             _authorize(self, context, "predict")
         except ServingError as exc:
             _record("stream_predict", exc.code, time.perf_counter())
-            await context.abort(exc.code, str(exc))
+            await context.abort(exc.code, str(exc), trailing_metadata=_error_metadata(exc))
         slots = asyncio.Semaphore(self._stream_window)
         started: asyncio.Queue[asyncio.Future[StreamPredictResponse] | None] = asyncio.Queue()
 
@@ -242,9 +270,20 @@ class InferenceServicer:
         otel_context.detach(token)
         answered, outcome = 0, "completed"
         metrics.STREAMS_IN_FLIGHT.inc()
+        closes_at = asyncio.get_running_loop().time() + self._max_stream_duration_s
         try:
-            while (task := await started.get()) is not None:
-                yield await task
+            while True:
+                try:
+                    # Only the waits are timed, never the yield: the write below belongs to grpc's task.
+                    async with asyncio.timeout_at(closes_at):
+                        if (task := await started.get()) is None:
+                            break
+                        response = await task
+                except TimeoutError:
+                    outcome = "expired"
+                    message = f"stream open longer than the server's limit of {self._max_stream_duration_s:g} s"
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+                yield response
                 answered += 1
                 slots.release()
             await reader
@@ -270,12 +309,12 @@ class InferenceServicer:
 
     async def _answer(self, request: StreamPredictRequest, context: grpc.aio.ServicerContext) -> StreamPredictResponse:
         started, code = time.perf_counter(), grpc.StatusCode.OK
-        _label_model(self._registry, request.model)
         response = StreamPredictResponse(id=request.id, model=request.model)
         try:
+            _select_model(self._registry, request.model)
             inputs, raw = _decode_inputs(request.inputs)
             prediction = await self._dataplane.predict(
-                request.model, request.version, inputs, request.output_filter, context.time_remaining()
+                request.model, request.version, inputs, request.output_filter, self._time_left(context)
             )
             response.version = str(prediction.version)
             _VERSION_LABEL.set(response.version)
@@ -323,7 +362,7 @@ class ModelServicer:
     """tensorgate.v1.ModelService: status and metadata from the registry, admin calls through the manager."""
 
     def __init__(
-        self, registry: ModelRegistry, manager: ModelManager, authenticator: ApiKeyAuthenticator | None = None
+        self, registry: ModelRegistry, manager: ModelManager, authenticator: Authenticator | None = None
     ) -> None:
         self._registry = registry
         self._manager = manager
@@ -336,40 +375,46 @@ class ModelServicer:
     @_unary
     async def list_models(self, data: bytes, context: grpc.aio.ServicerContext) -> ListModelsResponse:
         _parse(ListModelsRequest, data)
-        return ListModelsResponse(models=[self._model(name) for name in self._registry.model_names()])
+        principal = _PRINCIPAL.get()
+        names = [
+            n
+            for n in self._registry.model_names()
+            if principal is None or not principal.models or n in principal.models
+        ]
+        return ListModelsResponse(models=[self._model(name) for name in names])
 
     @_unary
     async def load_model(self, data: bytes, context: grpc.aio.ServicerContext) -> LoadModelResponse:
         request = _parse(LoadModelRequest, data)
-        _label_model(self._registry, request.model)
+        _select_model(self._registry, request.model)
         await self._manager.load(_required_model(request.model), request.version)
         return LoadModelResponse(model=self._model(request.model))
 
     @_unary
     async def unload_model(self, data: bytes, context: grpc.aio.ServicerContext) -> UnloadModelResponse:
         request = _parse(UnloadModelRequest, data)
-        _label_model(self._registry, request.model)
+        _select_model(self._registry, request.model)
         await self._manager.unload(_required_model(request.model), request.version)
         return UnloadModelResponse(model=self._model(request.model))
 
     @_unary
     async def reload_model(self, data: bytes, context: grpc.aio.ServicerContext) -> ReloadModelResponse:
         request = _parse(ReloadModelRequest, data)
-        _label_model(self._registry, request.model)
+        _select_model(self._registry, request.model)
         await self._manager.reload(_required_model(request.model), request.version)
         return ReloadModelResponse(model=self._model(request.model))
 
     @_unary
     async def set_model_labels(self, data: bytes, context: grpc.aio.ServicerContext) -> SetModelLabelsResponse:
         request = _parse(SetModelLabelsRequest, data)
-        _label_model(self._registry, request.model)
+        _select_model(self._registry, request.model)
         await self._manager.set_labels(_required_model(request.model), dict(request.labels))
         return SetModelLabelsResponse(model=self._model(request.model))
 
     @_unary
     async def get_model_status(self, data: bytes, context: grpc.aio.ServicerContext) -> GetModelStatusResponse:
         request = _parse(GetModelStatusRequest, data)
-        _label_model(self._registry, request.model)
+        _select_model(self._registry, request.model)
         if not request.model:
             raise InvalidArgumentError("model is required")
         if request.version:
@@ -386,7 +431,7 @@ class ModelServicer:
     @_unary
     async def get_model_metadata(self, data: bytes, context: grpc.aio.ServicerContext) -> GetModelMetadataResponse:
         request = _parse(GetModelMetadataRequest, data)
-        _label_model(self._registry, request.model)
+        _select_model(self._registry, request.model)
         version = self._registry.resolve(request.model, request.version)
         assert version.servable is not None
         signature = version.servable.signature

@@ -35,17 +35,7 @@ def supervise(config: ServerConfig, server_args: list[str]) -> int:
     signal.signal(signal.SIGINT, request_stop)
     with tempfile.TemporaryDirectory(prefix="tensorgate-envoy-") as tmp:
         envoy_config = Path(tmp) / "envoy.yaml"
-        envoy_config.write_text(
-            render_envoy_config(
-                config.host,
-                config.gateway_port,
-                config.gateway_admin_port,
-                config.host,
-                config.port,
-                config.tracing_endpoint,
-                config.trace_sample_ratio,
-            )
-        )
+        envoy_config.write_text(render_envoy_config(config))
         server = subprocess.Popen(
             [sys.executable, "-m", "tensorgate.clients.cli", "serve", *server_args, "--gateway", "false"]
         )

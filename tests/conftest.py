@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tensorgate.clients.client import TensorgateClient
+from tensorgate.clients.client import ClientTls, TensorgateClient
 from tensorgate.clients.datasets import MnistData, load_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +91,8 @@ class ServerProcess:
     gateway_url: str = ""
     gateway_target: str = ""
     gateway_admin_url: str = ""
+    tls: ClientTls | None = None  # how to reach the server's port when it speaks TLS
+    gateway_ssl: ssl.SSLContext | None = None  # how to reach Envoy's listener when it speaks TLS
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -118,9 +121,12 @@ class ServerProcess:
         return self.process.wait(timeout_s)
 
 
-def wait_until_serving(target: str, process: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+def wait_until_serving(
+    target: str, process: subprocess.Popen[bytes], tls: ClientTls | None = None, timeout_s: float = 120
+) -> None:
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
+    channel = grpc.secure_channel(target, tls.credentials()) if tls else grpc.insecure_channel(target)
+    with channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -137,13 +143,15 @@ def wait_until_serving(target: str, process: subprocess.Popen[bytes], timeout_s:
     raise TimeoutError(f"server at {target} not SERVING after {timeout_s} s")
 
 
-def wait_until_gateway_answers(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+def wait_until_gateway_answers(
+    url: str, process: subprocess.Popen[bytes], context: ssl.SSLContext | None = None, timeout_s: float = 60
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"stack exited with {process.returncode} before the gateway answered")
         try:
-            with urllib.request.urlopen(f"{url}/openapi.json", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}/openapi.json", timeout=2, context=context) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -152,8 +160,18 @@ def wait_until_gateway_answers(url: str, process: subprocess.Popen[bytes], timeo
     raise TimeoutError(f"gateway at {url} did not answer")
 
 
-def start_server(repository: Path, log_path: Path, *extra: str, gateway: bool = False) -> ServerProcess:
-    """A server on free loopback ports; with ``gateway``, the whole stack: supervisor, server and Envoy."""
+def start_server(
+    repository: Path,
+    log_path: Path,
+    *extra: str,
+    gateway: bool = False,
+    tls: ClientTls | None = None,
+    gateway_ssl: ssl.SSLContext | None = None,
+) -> ServerProcess:
+    """A server on free loopback ports; with ``gateway``, the whole stack: supervisor, server and Envoy.
+
+    ``tls`` and ``gateway_ssl`` are how the test reaches a server port or gateway that speaks TLS.
+    """
     port, metrics_port = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [*CLI, "serve", "--model-repository", str(repository), "--port", str(port)]
@@ -166,14 +184,15 @@ def start_server(repository: Path, log_path: Path, *extra: str, gateway: bool = 
     with log_path.open("wb") as log:
         process = subprocess.Popen([*command, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
     server = ServerProcess(process, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", log_path)
+    server.tls, server.gateway_ssl = tls, gateway_ssl
     if gateway:
-        server.gateway_url = f"http://127.0.0.1:{gateway_port}"
+        server.gateway_url = f"{'https' if gateway_ssl else 'http'}://127.0.0.1:{gateway_port}"
         server.gateway_target = f"127.0.0.1:{gateway_port}"
         server.gateway_admin_url = f"http://127.0.0.1:{admin_port}"
     try:
-        wait_until_serving(server.target, process)
+        wait_until_serving(server.target, process, tls)
         if gateway:
-            wait_until_gateway_answers(server.gateway_url, process)
+            wait_until_gateway_answers(server.gateway_url, process, gateway_ssl)
     except Exception:
         process.kill()
         process.wait()
