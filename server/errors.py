@@ -43,6 +43,10 @@ class ResourceExhaustedError(ServingError):
         self.retry_after_s = retry_after_s
 
 
+class RateLimitedError(ResourceExhaustedError):
+    """The caller went over its own request rate; other callers are not affected."""
+
+
 class DeadlineExceededError(ServingError):
     """The caller's deadline passed before the model ran."""
 

@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from tensorgate.server import metrics
 from tensorgate.server.auth import Authenticator, Principal
 from tensorgate.server.dataplane import DataPlane, Prediction
-from tensorgate.server.errors import InvalidArgumentError, ResourceExhaustedError, ServingError
+from tensorgate.server.errors import InvalidArgumentError, RateLimitedError, ResourceExhaustedError, ServingError
 from tensorgate.server.manager import ModelManager
 from tensorgate.server.registry import ModelRegistry, ModelVersion, VersionState
 from tensorgate.server.signature import TensorInfo
@@ -88,14 +88,14 @@ def _unary(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def wrapper(self: object, request: bytes, context: grpc.aio.ServicerContext) -> Message:
-        started, code = time.perf_counter(), grpc.StatusCode.OK
+        started, code, rejection = time.perf_counter(), grpc.StatusCode.OK, ""
         parent = incoming_context(context.invocation_metadata())
         with tracer.start_as_current_span(handler.__name__, context=parent, kind=SpanKind.SERVER) as span:
             try:
                 _authorize(self, context, "admin" if handler.__name__ in ADMIN_METHODS else "predict")
                 return await handler(self, request, context)
             except ServingError as exc:
-                code = exc.code
+                code, rejection = exc.code, _rejection_reason(exc)
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 # The full status (with details such as RetryInfo) travels as grpc-status-details-bin,
                 # where grpcio-status clients and Envoy's convert_grpc_status read it.
@@ -109,7 +109,7 @@ def _unary(handler: Handler) -> Handler:
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
             finally:
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
-                _record(handler.__name__, code, started)
+                _record(handler.__name__, code, started, rejection)
         raise AssertionError("context.abort always raises")
 
     return wrapper
@@ -125,6 +125,13 @@ _REJECTION_REASONS = {
     grpc.StatusCode.UNAUTHENTICATED: "unauthenticated",
     grpc.StatusCode.PERMISSION_DENIED: "unauthorized",
 }
+
+
+def _rejection_reason(exc: ServingError) -> str:
+    """The tensorgate_requests_rejected_total reason of an error ("" when it is not a refusal)."""
+    return "rate_limited" if isinstance(exc, RateLimitedError) else _REJECTION_REASONS.get(exc.code, "")
+
+
 ADMIN_METHODS = frozenset({"load_model", "unload_model", "reload_model", "set_model_labels"})
 
 
@@ -157,11 +164,11 @@ def _error_metadata(exc: ServingError) -> tuple[tuple[str, str | bytes], ...]:
     return metadata
 
 
-def _record(method: str, code: grpc.StatusCode, started: float) -> None:
+def _record(method: str, code: grpc.StatusCode, started: float, rejection: str) -> None:
     metrics.REQUESTS.labels(model=_MODEL_LABEL.get(), version=_VERSION_LABEL.get(), method=method, code=code.name).inc()
     metrics.REQUEST_SECONDS.labels(method=method).observe(time.perf_counter() - started)
-    if code in _REJECTION_REASONS:
-        metrics.REJECTED.labels(reason=_REJECTION_REASONS[code]).inc()
+    if rejection:
+        metrics.REJECTED.labels(reason=rejection).inc()
 
 
 def _decode_inputs(tensors: Mapping[str, tensor_pb2.Tensor]) -> tuple[dict[str, np.ndarray], bool]:
@@ -239,7 +246,7 @@ class InferenceServicer:
         try:
             _authorize(self, context, "predict")
         except ServingError as exc:
-            _record("stream_predict", exc.code, time.perf_counter())
+            _record("stream_predict", exc.code, time.perf_counter(), _rejection_reason(exc))
             await context.abort(exc.code, str(exc), trailing_metadata=_error_metadata(exc))
         slots = asyncio.Semaphore(self._stream_window)
         started: asyncio.Queue[asyncio.Future[StreamPredictResponse] | None] = asyncio.Queue()
@@ -308,7 +315,7 @@ class InferenceServicer:
                 )
 
     async def _answer(self, request: StreamPredictRequest, context: grpc.aio.ServicerContext) -> StreamPredictResponse:
-        started, code = time.perf_counter(), grpc.StatusCode.OK
+        started, code, rejection = time.perf_counter(), grpc.StatusCode.OK, ""
         response = StreamPredictResponse(id=request.id, model=request.model)
         try:
             _select_model(self._registry, request.model)
@@ -320,13 +327,13 @@ class InferenceServicer:
             _VERSION_LABEL.set(response.version)
             _fill_outputs(response.outputs, prediction, raw)
         except ServingError as exc:
-            code = exc.code
+            code, rejection = exc.code, _rejection_reason(exc)
             response.error.CopyFrom(_status(exc))
         except Exception:
             code = grpc.StatusCode.INTERNAL
             log.exception("unexpected error in a StreamPredict request", extra={"fields": {"id": request.id}})
             response.error.CopyFrom(status_pb2.Status(code=code.value[0], message="internal error"))
-        _record("stream_predict", code, started)
+        _record("stream_predict", code, started, rejection)
         return response
 
 

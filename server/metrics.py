@@ -71,7 +71,7 @@ REQUEST_SECONDS = Histogram(
 )
 REJECTED = Counter(
     "tensorgate_requests_rejected_total",
-    "Requests refused before any model work, by reason (invalid, overload, unauthenticated, unauthorized).",
+    "Requests refused before model work, by reason: invalid, overload, rate_limited, unauthenticated, unauthorized.",
     ["reason"],
 )
 STREAMS_IN_FLIGHT = Gauge("tensorgate_streams_in_flight", "StreamPredict streams open now.")

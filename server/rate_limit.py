@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from tensorgate.server.errors import ResourceExhaustedError
+from tensorgate.server.errors import RateLimitedError
 
 
 @dataclass
@@ -28,14 +28,14 @@ class RateLimiter:
         self._buckets: dict[str, _Bucket] = {}
 
     def take(self, caller: str) -> None:
-        """Spend one token of ``caller``'s bucket, or raise ResourceExhaustedError."""
+        """Spend one token of ``caller``'s bucket, or raise RateLimitedError."""
         now = time.monotonic()
         bucket = self._buckets.setdefault(caller, _Bucket(self._burst, now))
         bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
         bucket.updated = now
         if bucket.tokens < 1:
             retry_after_s = (1 - bucket.tokens) / self._rate
-            raise ResourceExhaustedError(
+            raise RateLimitedError(
                 f"rate limit of {self._rate:g} requests/s for {caller!r} exceeded; retry in {retry_after_s:.2f} s",
                 retry_after_s=retry_after_s,
             )

@@ -321,5 +321,6 @@ def test_a_key_over_its_rate_is_refused_and_others_are_not(secured: Secured) -> 
     assert limited, "REST calls over the rate were not refused"
     body, headers = limited[0]
     assert body["code"] == 8 and int(headers["retry-after"]) >= 1
+    assert secured.stack.metric("tensorgate_requests_rejected_total", reason="rate_limited") >= len(limited)
     with secured.gateway_client(api_key=secured.keys["predict"]) as client:  # another key is unaffected
         assert client.predict("mnist", X).shape == (1, 10)
