@@ -38,3 +38,25 @@ def test_invalid_values_are_reported(tmp_path: Path, file_text: str, environ: di
     file.write_text(file_text)
     with pytest.raises(ConfigError, match=message):
         load_config(file, environ=environ)
+
+
+def test_plaintext_beyond_loopback_is_an_explicit_choice(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not loopback: configure tls"):
+        load_config(flags={"host": "0.0.0.0"}, environ={})
+    assert load_config(flags={"host": "0.0.0.0", "allow_plaintext": "true"}, environ={}).allow_plaintext
+    assert load_config(flags={"host": "::1"}, environ={}).host == "::1"
+
+
+def test_tls_settings_are_checked_together(tmp_path: Path) -> None:
+    pem = tmp_path / "server.pem"
+    pem.write_text("not checked here; the TLS stack reads it")
+    with pytest.raises(ConfigError, match="cert_file and key_file go together"):
+        load_config(flags={"tls": {"cert_file": str(pem)}}, environ={})
+    with pytest.raises(ConfigError, match="is not a readable file"):
+        load_config(flags={"tls": {"cert_file": str(pem), "key_file": str(tmp_path / "missing.pem")}}, environ={})
+    with pytest.raises(ConfigError, match=r"upstream_tls\.ca_file"):  # Envoy must be able to verify the server
+        load_config(flags={"tls": {"cert_file": str(pem), "key_file": str(pem)}}, environ={})
+    with pytest.raises(ConfigError, match=r"jwt\.issuer is required"):
+        load_config(environ={"TENSORGATE_JWT__JWKS_FILE": str(pem)})
+    config = load_config(environ={"TENSORGATE_JWT__AUDIENCES": "a, b", "TENSORGATE_JWT__ALGORITHMS": "ES256"})
+    assert (config.jwt.audiences, config.jwt.algorithms) == (["a", "b"], ["ES256"])
