@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import grpc
 import numpy as np
@@ -20,6 +20,9 @@ from tensorgate.clients.client import ClientTls, TensorgateClient
 from tensorgate.clients.datasets import DEFAULT_CACHE_DIR, Examples, load_examples, to_model_input
 from tensorgate.v1 import codec
 from tensorgate.v1.model_service_pb2 import GetModelMetadataResponse, Model, ModelVersionState
+
+if TYPE_CHECKING:  # the client commands never import the server's packages
+    from tensorgate.server.config import ServerConfig
 
 DEFAULT_TARGET = "127.0.0.1:8500"
 REFERENCE_MODEL = "mnist"
@@ -63,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"train the reference MNIST model into <repository>/{REFERENCE_MODEL} when the repository has no model",
     )
     _add_config_flags(serve)
+
+    envoy_config = commands.add_parser(
+        "envoy-config", help="print the Envoy configuration `serve` would run, for an Envoy deployed on its own"
+    )
+    envoy_config.add_argument("--config", type=Path, help="TOML configuration file (flags > TENSORGATE_* env > file)")
+    envoy_config.add_argument(
+        "--assets-dir", type=Path, help="where Envoy finds tensorgate.binpb, openapi.json and docs/ (a container path)"
+    )
+    _add_config_flags(envoy_config)
 
     train = commands.add_parser("train", help="train the reference MNIST model and export the next version")
     train.add_argument("--repository", type=Path, default=Path("models"), help="model repository root")
@@ -119,15 +131,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _serve(args: argparse.Namespace) -> int:
+NOT_CONFIG = ("command", "config", "train_if_empty", "assets_dir")  # arguments that are not ServerConfig fields
+
+
+def _load_config(args: argparse.Namespace) -> ServerConfig:
     from tensorgate.server.config import load_config, set_nested
-    from tensorgate.server.json_logging import setup_logging
 
     flags: dict[str, Any] = {}
     for dest, value in vars(args).items():
-        if value is not None and dest not in ("command", "config", "train_if_empty"):
+        if value is not None and dest not in NOT_CONFIG:
             set_nested(flags, dest.split("."), value)
-    config = load_config(args.config, flags)
+    return load_config(args.config, flags)
+
+
+def _envoy_config(args: argparse.Namespace) -> int:
+    from tensorgate.server.gateway import render_envoy_config
+
+    print(render_envoy_config(_load_config(args), args.assets_dir), end="")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tensorgate.server.json_logging import setup_logging
+
+    config = _load_config(args)
     setup_logging(config.log_level)
     repository = config.model_repository
     if args.train_if_empty and not (repository.is_dir() and any(p.is_dir() for p in repository.iterdir())):
@@ -150,7 +177,7 @@ def argv_of_serve(args: argparse.Namespace) -> list[str]:
     """The serve flags given on the command line, to start the gRPC server child with the same settings."""
     argv = ["--config", str(args.config)] if args.config else []
     for dest, value in vars(args).items():
-        if value is not None and dest not in ("command", "config", "train_if_empty"):
+        if value is not None and dest not in NOT_CONFIG:
             argv += [f"--{dest.replace('.', '-').replace('_', '-')}", str(value)]
     return argv
 
@@ -326,6 +353,7 @@ _COMMANDS = {
     "models": _models,
     "keys": _keys,
     "certs": _certs,
+    "envoy-config": _envoy_config,
 }
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ async def serve(config: ServerConfig) -> None:
     await server.start()
     transport = "mtls" if config.tls.ca_file else "tls" if config.tls.enabled else "plaintext"
     log.info("listening", extra={"fields": {"address": f"{config.host}:{port}", "transport": transport}})
+    health_server = await start_health_server(health, config.host, config.health_port) if config.health_port else None
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -113,13 +114,29 @@ async def serve(config: ServerConfig) -> None:
     if watcher is not None:
         watcher.cancel()
 
-    log.info("shutting down", extra={"fields": {"grace_s": config.shutdown_grace_s}})
+    log.info(
+        "shutting down", extra={"fields": {"drain_delay_s": config.drain_delay_s, "grace_s": config.shutdown_grace_s}}
+    )
     await health.enter_graceful_shutdown()
+    # Load balancers (Envoy's health checks, Kubernetes endpoints) see NOT_SERVING and stop sending here;
+    # calls that still arrive meanwhile are served.
+    await asyncio.sleep(config.drain_delay_s)
     await server.stop(config.shutdown_grace_s)
+    if health_server is not None:
+        await health_server.stop(0)
     await dataplane.close()
     executor.shutdown(wait=True, cancel_futures=True)
     shutdown_tracing()
     log.info("stopped")
+
+
+async def start_health_server(health: HealthServicer, host: str, port: int) -> grpc.aio.Server:
+    """A plaintext port with grpc.health.v1 only, for probes that cannot speak (m)TLS, such as kubelet's."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server
 
 
 def build_authenticator(config: ServerConfig) -> Authenticator | None:

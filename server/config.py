@@ -96,6 +96,20 @@ class ServerConfig(BaseModel):
     gateway: bool = Field(True, description="Also run Envoy (REST/JSON, OpenAPI, docs) under one supervisor.")
     gateway_port: int = Field(8080, ge=0, le=65535, description="Envoy listener: gRPC and REST on one port.")
     gateway_admin_port: int = Field(9901, ge=0, le=65535, description="Envoy admin port (stats, readiness).")
+    replicas: int = Field(
+        1, ge=1, description="Server processes behind the one Envoy; replica i uses port+i, metrics_port+i."
+    )
+    gateway_upstream: str = Field(
+        "",
+        description="host:port Envoy sends to when the servers run elsewhere (e.g. a headless Service resolving "
+        "to every pod); empty = the replicas this command starts.",
+    )
+    health_port: int = Field(
+        0, ge=0, le=65535, description="Plaintext port serving only grpc.health.v1 (kubelet probes); 0 = none."
+    )
+    drain_delay_s: float = Field(
+        0.0, ge=0, description="On SIGTERM, seconds between reporting NOT_SERVING and refusing new calls."
+    )
     tracing_endpoint: str = Field(
         "", description="OTLP/gRPC collector (host:port) for traces of the server and Envoy; empty = tracing off."
     )
@@ -153,6 +167,22 @@ class ServerConfig(BaseModel):
             raise ValueError(f"host {self.host} is not loopback: configure tls (or set allow_plaintext)")
         if self.gateway and not self.gateway_tls.enabled and not is_loopback(self.host):
             raise ValueError(f"host {self.host} is not loopback: configure gateway_tls (or set allow_plaintext)")
+        return self
+
+    @model_validator(mode="after")
+    def _ports_do_not_overlap(self) -> ServerConfig:
+        """Replica i takes port+i, metrics_port+i and health_port+i: no two of those may collide."""
+        ranges = {"port": self.port, "metrics_port": self.metrics_port, "health_port": self.health_port}
+        taken: dict[int, str] = {}
+        for name, first in ranges.items():
+            for port in range(first, first + self.replicas) if first else ():
+                if port in taken:
+                    raise ValueError(f"{name} {first} and {taken[port]} overlap over {self.replicas} replica(s)")
+                taken[port] = name
+        if self.gateway:
+            for name in ("gateway_port", "gateway_admin_port"):
+                if (port := getattr(self, name)) and port in taken:
+                    raise ValueError(f"{name} {port} is also the {taken[port]} of a replica")
         return self
 
     @model_validator(mode="after")

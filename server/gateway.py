@@ -16,6 +16,14 @@ CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "application/javasc
 ROUTE_INDENT = " " * 24
 
 
+def _endpoint(host: str, port: int) -> str:
+    return (
+        "              - endpoint:\n"
+        f"                  address:\n"
+        f"                    socket_address: {{address: '{host}', port_value: {port}}}"
+    )
+
+
 def _docs_route(path: str, file: Path) -> str:
     content_type = CONTENT_TYPES.get(file.suffix, "application/octet-stream")
     return "\n".join(
@@ -180,32 +188,43 @@ def upstream_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
-def render_envoy_config(config: ServerConfig) -> str:
+def render_envoy_config(config: ServerConfig, assets_dir: Path | None = None) -> str:
     """The Envoy bootstrap YAML: one listener on ``gateway_port`` in front of the gRPC server on ``port``.
 
     TLS on the listener (``gateway_tls``), towards the server (``tls`` / ``upstream_tls``), JWT checks at the
     edge (``jwt``), the stream duration and request size limits all come from the same configuration. With
     ``tracing_endpoint`` (an OTLP/gRPC collector, host:port), Envoy starts or continues a trace for each request,
     adds its gateway span, and passes W3C ``traceparent`` upstream.
+
+    Upstream: the ``replicas`` this host runs (port, port+1, ...), or ``gateway_upstream`` resolved by DNS to
+    every address it names (a Kubernetes headless Service). ``assets_dir`` is where a container holds the
+    descriptor set, OpenAPI document and docs files (default: this installation's).
     """
+    assets = assets_dir or DESCRIPTOR_SET.parent
+    docs_dir = assets / DOCS_DIR.name
     tracing = tracing_cluster = ""
     if config.tracing_endpoint:
         collector_host, collector_port = config.tracing_endpoint.rsplit(":", 1)
         tracing = TRACING.format(percent=config.trace_sample_ratio * 100)
         tracing_cluster = TRACING_CLUSTER.format(host=collector_host, port=int(collector_port))
     docs = sorted(p for p in DOCS_DIR.iterdir() if p.is_file()) if DOCS_DIR.is_dir() else []
-    routes = [_docs_route(f"/docs/{file.name}", file) for file in docs]
+    routes = [_docs_route(f"/docs/{file.name}", docs_dir / file.name) for file in docs]
     if (DOCS_DIR / "index.html").is_file():
-        routes.insert(0, _docs_route("/docs", DOCS_DIR / "index.html"))
-    server_host = upstream_host(config.host)
+        routes.insert(0, _docs_route("/docs", docs_dir / "index.html"))
+    if config.gateway_upstream:
+        server_host, server_port = config.gateway_upstream.rsplit(":", 1)
+        endpoints = [_endpoint(server_host, int(server_port))]
+    else:
+        server_host = upstream_host(config.host)
+        endpoints = [_endpoint(server_host, config.port + i) for i in range(config.replicas)]
     return Template(ENVOY_TEMPLATE.read_text()).substitute(
         host=config.host,
         port=config.gateway_port,
         admin_port=config.gateway_admin_port,
-        upstream_host=server_host,
-        upstream_port=config.port,
-        descriptor=DESCRIPTOR_SET,
-        openapi=OPENAPI,
+        cluster_type="STRICT_DNS" if config.gateway_upstream else "STATIC",
+        endpoints="\n".join(endpoints),
+        descriptor=assets / DESCRIPTOR_SET.name,
+        openapi=assets / OPENAPI.name,
         docs_routes="\n".join(routes),
         tracing=tracing,
         tracing_cluster=tracing_cluster,

@@ -4,6 +4,7 @@ second multi-input model, a broken version) and a real server process on a free 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -33,6 +34,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_port_block(count: int) -> int:
+    """The first of ``count`` consecutive free ports, below the kernel's ephemeral range (32768 and up), so that
+    no outgoing connection takes one of them between now and the server binding it."""
+    rng = random.Random()
+    while True:
+        first = rng.randrange(20000, 32000 - count)
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
 
 
 def build_scorer_model(path: Path) -> None:
@@ -165,17 +181,19 @@ def start_server(
     log_path: Path,
     *extra: str,
     gateway: bool = False,
+    replicas: int = 1,
     tls: ClientTls | None = None,
     gateway_ssl: ssl.SSLContext | None = None,
 ) -> ServerProcess:
     """A server on free loopback ports; with ``gateway``, the whole stack: supervisor, server and Envoy.
 
-    ``tls`` and ``gateway_ssl`` are how the test reaches a server port or gateway that speaks TLS.
+    ``tls`` and ``gateway_ssl`` are how the test reaches a server port or gateway that speaks TLS. With
+    ``replicas``, replica i listens on ``target``'s port + i.
     """
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_port_block(replicas), free_port_block(replicas)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [*CLI, "serve", "--model-repository", str(repository), "--port", str(port)]
-    command += ["--metrics-port", str(metrics_port)]
+    command += ["--metrics-port", str(metrics_port), "--replicas", str(replicas)]
     gateway_port, admin_port = free_port(), free_port()
     if gateway:
         command += ["--gateway-port", str(gateway_port), "--gateway-admin-port", str(admin_port)]

@@ -1,0 +1,170 @@
+"""Two replicas behind the real Envoy under steady REST and gRPC load: one is killed with SIGKILL, another
+stopped with SIGTERM, the supervisor restarts both, and no client request fails; traffic spreads over both
+replicas again afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tensorgate.v1 import codec, inference_service_pb2_grpc
+from tensorgate.v1.inference_service_pb2 import PredictRequest
+
+from conftest import ServerProcess, start_server
+
+# Codes a client is told it may retry: anything else is a lost request.
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE.name, grpc.StatusCode.RESOURCE_EXHAUSTED.name, "HTTP 503", "HTTP 429"}
+
+
+@pytest.fixture(scope="module")
+def replicated(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("replicated-repository")
+    shutil.copytree(repository / "mnist", root / "mnist")
+    log = tmp_path_factory.mktemp("replicated") / "stack.log"
+    stack = start_server(root, log, "--drain-delay-s", "1.5", gateway=True, replicas=2)
+    yield stack
+    assert stack.stop() == 0, stack.log()[-3000:]
+
+
+def replica_targets(stack: ServerProcess) -> list[str]:
+    host, port = stack.target.rsplit(":", 1)
+    return [f"{host}:{int(port) + i}" for i in range(2)]
+
+
+def current_pids(stack: ServerProcess) -> dict[str, int]:
+    """Replica name → pid, from the supervisor's "stack started" and "child restarted" log lines."""
+    pids: dict[str, int] = {}
+    for line in stack.log().splitlines():
+        if '"stack started"' in line:
+            pids.update(json.loads(line)["pids"])
+        elif '"child restarted"' in line:
+            record = json.loads(line)
+            pids[record["child"]] = record["pid"]
+    return pids
+
+
+def wait_serving(target: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"{target} not SERVING")
+
+
+def wait_restarted(stack: ServerProcess, name: str, old_pid: int, target: str) -> None:
+    deadline = time.monotonic() + 60
+    while current_pids(stack).get(name) == old_pid:
+        assert time.monotonic() < deadline, f"{name} was not restarted"
+        time.sleep(0.2)
+    wait_serving(target)
+
+
+def requests_per_replica(stack: ServerProcess) -> Counter[str]:
+    """Envoy's count of successful requests per upstream host (it survives replica restarts)."""
+    with urllib.request.urlopen(f"{stack.gateway_admin_url}/clusters", timeout=5) as response:
+        text = response.read().decode()
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == "tensorgate_grpc" and parts[2] == "rq_success":
+            counts[parts[1]] = int(parts[3])
+    return counts
+
+
+class Load:
+    """Closed-loop clients (gRPC and REST through Envoy) that record every outcome until stopped."""
+
+    def __init__(self, stack: ServerProcess) -> None:
+        self.outcomes: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        x = np.random.default_rng(0).random((1, 28, 28), np.float32)
+        grpc_request = PredictRequest(model="mnist")
+        codec.encode_into(x, grpc_request.inputs["keras_tensor"], raw=True)
+        tensor = {"dtype": "DATA_TYPE_FLOAT32", "shape": [1, 28, 28], "floatValues": x.ravel().tolist()}
+        rest_body = json.dumps({"inputs": {"keras_tensor": tensor}}).encode()
+        channel = grpc.insecure_channel(stack.gateway_target)
+        stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+
+        def grpc_call() -> str:
+            try:
+                stub.Predict(grpc_request, timeout=30)  # no client-side retry policy: Envoy must do it
+                return "OK"
+            except grpc.RpcError as exc:
+                return exc.code().name
+
+        def rest_call() -> str:
+            request = urllib.request.Request(f"{stack.gateway_url}/v1/models/mnist:predict", data=rest_body)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return "OK" if len(json.loads(response.read())["outputs"]["output_0"]["floatValues"]) == 10 else "?"
+            except urllib.error.HTTPError as exc:
+                return f"HTTP {exc.code}"
+
+        self._channel = channel
+        calls: list[Callable[[], str]] = [grpc_call, grpc_call, rest_call, rest_call]
+        self._threads = [threading.Thread(target=self._run, args=(call,)) for call in calls]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, call: Callable[[], str]) -> None:
+        while not self._stop.is_set():
+            outcome = call()
+            with self._lock:
+                self.outcomes[outcome] += 1
+
+    def stop(self) -> Counter[str]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+        self._channel.close()
+        return self.outcomes
+
+
+def test_failover_without_loss(replicated: ServerProcess) -> None:
+    stack = replicated
+    targets = replica_targets(stack)
+    for target in targets:
+        wait_serving(target)
+    load = Load(stack)
+    try:
+        time.sleep(2)
+        pids = current_pids(stack)
+        os.kill(pids["server-1"], signal.SIGKILL)
+        wait_restarted(stack, "server-1", pids["server-1"], targets[1])
+        time.sleep(2)
+        os.kill(pids["server-0"], signal.SIGTERM)
+        wait_restarted(stack, "server-0", pids["server-0"], targets[0])
+        time.sleep(2)  # Envoy's health checks see the restarted replica
+        before = requests_per_replica(stack)
+        time.sleep(3)
+        after = requests_per_replica(stack)
+    finally:
+        outcomes = load.stop()
+    final_phase = {host: after[host] - before[host] for host in after}
+    print(f"outcomes {dict(outcomes)}; per replica overall {dict(after)}; in the last 3 s {final_phase}")
+    lost = {outcome: n for outcome, n in outcomes.items() if outcome != "OK" and outcome not in RETRYABLE}
+    assert lost == {}, f"requests failed without a retryable status: {lost}"
+    assert outcomes["OK"] > 100
+    assert sum(n for outcome, n in outcomes.items() if outcome != "OK") == 0, dict(outcomes)
+    assert len(final_phase) == 2 and min(final_phase.values()) > 0, final_phase  # both replicas serve again
+    assert "child exited on its own; restarting it" in stack.log()
