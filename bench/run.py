@@ -11,7 +11,9 @@ Measures, on the MNIST reference model (trained into --repository if missing):
   * REST/JSON through Envoy (load from wrk) against direct gRPC at concurrency 1 and 64;
   * reload under load: p99 and failed requests while two new versions are rolled in, against steady state;
   * tracing overhead: unary throughput with tracing off and at 10% sampling (spans to a local OTLP receiver);
+  * scale-out: gRPC (h2load) and REST (wrk) through Envoy at concurrency 64 with 1 and 2 server replicas;
   * the server's peak RSS.
+`--only replicas` runs the scale-out case alone.
 Prints a table and writes JSON. Needs h2load and wrk (Debian packages nghttp2-client, wrk).
 """
 
@@ -105,16 +107,33 @@ def wait_serving(port: int, process: subprocess.Popen[bytes]) -> None:
     raise TimeoutError("server did not become SERVING")
 
 
-def start_tensorgate(repository: Path, batching: bool, log: Path, *extra: str) -> Server:
-    """The whole stack (supervisor, server, Envoy) on free ports."""
-    port, metrics_port, gateway_port = free_port(), free_port(), free_port()
+def free_port_block(count: int) -> int:
+    """The first of ``count`` consecutive free ports below the ephemeral range (replica i takes port + i)."""
+    for first in range(20000, 32000, 16):
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError("no block of free ports")
+
+
+def start_tensorgate(repository: Path, batching: bool, log: Path, *extra: str, replicas: int = 1) -> Server:
+    """The whole stack (supervisor, server replicas, Envoy) on free ports."""
+    port = free_port_block(replicas)
+    metrics_port = free_port_block(replicas) if replicas == 1 else port + 8
+    gateway_port = free_port()
     command = [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--model-repository", str(repository), *extra]
     command += ["--port", str(port), "--metrics-port", str(metrics_port), "--batching-enabled", str(batching).lower()]
     command += ["--gateway-port", str(gateway_port), "--gateway-admin-port", str(free_port())]
+    command += ["--replicas", str(replicas)]
     with log.open("ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    wait_serving(port, process)
-    time.sleep(1)  # Envoy starts in a fraction of a second
+    for replica in range(replicas):
+        wait_serving(port + replica, process)
+    time.sleep(2)  # Envoy's health checks pass every replica
     return Server(process, port, metrics_port, gateway_port)
 
 
@@ -156,10 +175,14 @@ def in_process_limit(model_dir: Path, x: np.ndarray, seconds: float) -> dict[int
     return results
 
 
-def h2load(port: int, body: Path, concurrency: int, seconds: int, log_file: Path) -> dict[str, float]:
-    """Unary load from h2load over one HTTP/2 connection; latency percentiles from its per-request log."""
+def h2load(
+    port: int, body: Path, concurrency: int, seconds: int, log_file: Path, connections: int = 1
+) -> dict[str, float]:
+    """Unary load from h2load: ``concurrency`` streams over each of ``connections`` HTTP/2 connections;
+    latency percentiles from its per-request log."""
     command = [
-        "h2load", "-D", str(seconds), "--warm-up-time", "1", "-c", "1", "-m", str(concurrency), "-t", "1",
+        "h2load", "-D", str(seconds), "--warm-up-time", "1", "-c", str(connections), "-m", str(concurrency),
+        "-t", "1",
         "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
         f"--log-file={log_file}", f"http://127.0.0.1:{port}{PREDICT_PATH}",
     ]  # fmt: skip
@@ -250,6 +273,22 @@ def tracing_overhead(repository: Path, body: Path, seconds: int, tmp: Path, log:
     return runs
 
 
+def scale_out(repository: Path, body: Path, rest_body: str, seconds: int, tmp: Path, log: Path) -> dict[str, Any]:
+    """The same load through Envoy with 1 and 2 replicas. On a 2-core machine, where load generator, Envoy and
+    replicas share the cores, this shows the cost and the headroom of scaling out, not a scaling curve."""
+    runs: dict[str, Any] = {}
+    for replicas in (1, 2):
+        server = start_tensorgate(repository, True, log, replicas=replicas)
+        try:
+            runs[str(replicas)] = {
+                "grpc_c64": h2load(server.gateway_port, body, 16, seconds, tmp / f"replicas-{replicas}.log", 4),
+                "rest_c64": wrk(server.gateway_port, rest_body, 64, seconds, tmp),
+            }
+        finally:
+            server.stop()
+    return runs
+
+
 def unary_runs_at(server: Server, body: Path, concurrency: int, seconds: int, log_file: Path) -> dict[str, float]:
     before = server.metric_sum("tensorgate_model_examples_total")
     result = h2load(server.port, body, concurrency, seconds, log_file)
@@ -283,6 +322,7 @@ def main() -> int:
     parser.add_argument("--repository", type=Path, default=ROOT / "models")
     parser.add_argument("--duration", type=int, default=5, help="seconds per load point (after 1 s of warm-up)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--only", choices=["replicas"], help="run one case alone")
     args = parser.parse_args()
     if not shutil.which("h2load"):
         raise SystemExit("h2load not found: apt-get install nghttp2-client")
@@ -309,6 +349,12 @@ def main() -> int:
             }
         }
     )
+
+    if args.only == "replicas":
+        results = {"replicas": scale_out(args.repository, body, rest_body, args.duration, tmp, log)}
+        args.output.write_text(json.dumps(results, indent=2))
+        print_replicas_table(results["replicas"])
+        return 0
 
     print("in-process limit ...", flush=True)
     in_process = in_process_limit(version_dir, x, args.duration / 2)
@@ -355,9 +401,12 @@ def main() -> int:
     results["reload"] = reload_under_load(version_dir, body, args.duration * 2, tmp, log)
     print("tracing overhead ...", flush=True)
     results["tracing"] = tracing_overhead(args.repository, body, args.duration, tmp, log)
+    print("scale-out ...", flush=True)
+    results["replicas"] = scale_out(args.repository, body, rest_body, args.duration, tmp, log)
     results["ratios"] = ratios(results)
     args.output.write_text(json.dumps(results, indent=2))
     print_table(results)
+    print_replicas_table(results["replicas"])
     print(f"\nJSON: {args.output}")
     return 0
 
@@ -373,7 +422,23 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
         "reload_p99_vs_steady": r["reload"]["switching"]["p99_ms"] / r["reload"]["steady"]["p99_ms"],
         "tracing_10pct_vs_off": r["tracing"]["sampled_10pct"]["requests_per_s"] / r["tracing"]["off"]["requests_per_s"],
         "rest_added_p50_ms_c1": r["rest"][1]["p50_ms"] - r["batching_on"][1]["p50_ms"],
+        "grpc_2_replicas_vs_1": r["replicas"]["2"]["grpc_c64"]["requests_per_s"]
+        / r["replicas"]["1"]["grpc_c64"]["requests_per_s"],
     }
+
+
+def print_replicas_table(runs: dict[str, Any]) -> None:
+    print("\n| through Envoy, concurrency 64 | replicas | req/s | p50 ms | p99 ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for replicas, run in runs.items():
+        for kind, result in (("gRPC (h2load)", run["grpc_c64"]), ("REST (wrk)", run["rest_c64"])):
+            print(
+                f"| {kind} | {replicas} | {result['requests_per_s']:,.0f} | {result['p50_ms']:.2f} | "
+                f"{result['p99_ms']:.2f} | {result['errors']} |"
+            )
+    for kind in ("grpc_c64", "rest_c64"):
+        ratio = runs["2"][kind]["requests_per_s"] / runs["1"][kind]["requests_per_s"]
+        print(f"| {kind.split('_')[0]}: 2 replicas / 1 | {ratio:.2f} | | | | |")
 
 
 def print_table(r: dict[str, Any]) -> None:
