@@ -122,8 +122,8 @@ def free_port_block(count: int) -> int:
 
 def start_tensorgate(repository: Path, batching: bool, log: Path, *extra: str, replicas: int = 1) -> Server:
     """The whole stack (supervisor, server replicas, Envoy) on free ports."""
-    port = free_port_block(replicas)
-    metrics_port = free_port_block(replicas) if replicas == 1 else port + 8
+    port = free_port_block(16)
+    metrics_port = port + 8  # replica i: gRPC on port + i, metrics on port + 8 + i
     gateway_port = free_port()
     command = [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--model-repository", str(repository), *extra]
     command += ["--port", str(port), "--metrics-port", str(metrics_port), "--batching-enabled", str(batching).lower()]

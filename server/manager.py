@@ -30,8 +30,8 @@ from tensorgate.server.dataplane import DataPlane
 from tensorgate.server.errors import InvalidArgumentError, NotFoundError
 from tensorgate.server.loader import load_version
 from tensorgate.server.model_config import ModelConfig, ModelConfigError, load_model_config
-from tensorgate.server.registry import ModelRegistry, ModelVersion, VersionState
-from tensorgate.server.repository import VersionPath, scan_repository
+from tensorgate.server.registry import ModelRegistry, ModelVersion, VersionState, parse_version
+from tensorgate.server.repository import VersionPath, is_version_number, scan_repository
 from tensorgate.server.runtime import ModelLoadError
 from tensorgate.server.signature import Signature, breaking_changes
 
@@ -127,7 +127,7 @@ class ModelManager:
         async with self._lock:
             available = {v.version for v in self._registry.versions(model) if v.state is VersionState.AVAILABLE}
             for label, number in labels.items():
-                if not label or label.isdigit():
+                if not label or is_version_number(label):
                     raise InvalidArgumentError(f"label {label!r} must be a non-empty name, not a number")
                 if number not in available:
                     raise InvalidArgumentError(
@@ -258,9 +258,7 @@ class ModelManager:
 
 
 def _number(model: str, version: str, versions: list[VersionPath]) -> int:
-    if not version.isdigit() or int(version) == 0:
-        raise InvalidArgumentError(f"version must be a positive integer, got {version!r}")
-    number = int(version)
+    number = parse_version(version)
     if number not in {v.version for v in versions}:
         on_disk = sorted(v.version for v in versions)
         raise NotFoundError(f"model {model!r} has no complete version {number} on disk (versions: {on_disk})")

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tensorgate.server.batching import BatchingConfig
 from tensorgate.server.config import DEVICE_PATTERN, merge_nested
+from tensorgate.server.repository import is_version_number
 
 MODEL_CONFIG_FILE = "model.toml"
 
@@ -51,7 +52,7 @@ class ModelConfig(BaseModel):
         if self.version_policy == "specific" and not self.specific_versions:
             raise ValueError("version_policy 'specific' needs specific_versions")
         for label in self.labels:
-            if not label or label.isdigit():
+            if not label or is_version_number(label):
                 raise ValueError(f"label {label!r} must be a non-empty name, not a number")
         return self
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tensorgate.server.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from tensorgate.server.model_config import ModelConfig
+from tensorgate.server.repository import is_version_number
 from tensorgate.server.signature import Servable
 
 
@@ -137,7 +138,7 @@ class ModelRegistry:
         raise UnavailableError(f"model {model!r} has no available version: {detail}")
 
     def _version_number(self, model: str, version: str) -> int:
-        if version.isdigit():
+        if is_version_number(version):
             return parse_version(version)
         label = self.labels(model).get(version)
         if label is None:
@@ -156,7 +157,7 @@ class ModelRegistry:
 
 def parse_version(version: str) -> int:
     """A version number from its text form. INVALID_ARGUMENT unless it is a positive integer."""
-    if not version.isdigit() or int(version) == 0:
+    if not is_version_number(version) or int(version) == 0:
         raise InvalidArgumentError(f"version must be a positive integer, got {version!r}")
     return int(version)
 

@@ -22,6 +22,11 @@ class VersionPath:
     path: Path
 
 
+def is_version_number(text: str) -> bool:
+    """Whether ``text`` is written like a version number: ASCII digits only (``"²".isdigit()`` is true too)."""
+    return text.isascii() and text.isdigit()
+
+
 def is_complete(path: Path) -> bool:
     """A version directory counts once its SavedModel graph file exists.
 
@@ -46,7 +51,7 @@ def scan_repository(root: Path) -> dict[str, list[VersionPath]]:
         versions = [
             VersionPath(model_dir.name, int(child.name), child)
             for child in model_dir.iterdir()
-            if child.is_dir() and child.name.isdigit() and int(child.name) > 0 and is_complete(child)
+            if child.is_dir() and is_version_number(child.name) and int(child.name) > 0 and is_complete(child)
         ]
         models[model_dir.name] = sorted(versions, key=lambda v: v.version)
     return models

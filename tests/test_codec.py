@@ -64,6 +64,9 @@ def test_utf8_strings_are_text_in_typed_form() -> None:
             Tensor(dtype=DataType.DATA_TYPE_FLOAT32, shape=[1], float_values=[1], double_values=[1]),
             "values given in both",
         ),
+        (Tensor(dtype=DataType.DATA_TYPE_UINT32, shape=[1], uint64_values=[2**32 + 5]), "outside the range of uint32"),
+        (Tensor(dtype=DataType.DATA_TYPE_FLOAT32, shape=[1] * 33, float_values=[1]), "33 dimensions, more than 32"),
+        (Tensor(dtype=DataType.DATA_TYPE_FLOAT32, shape=[2**62, 2**62, 0]), "is too large"),
     ],
 )
 def test_malformed_tensors(tensor: Tensor, message: str) -> None:

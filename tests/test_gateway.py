@@ -178,13 +178,13 @@ def test_grpc_passes_through_the_gateway(stack: ServerProcess, mnist: MnistData)
     assert '"path":"/tensorgate.v1.InferenceService/Predict"' in stack.log()  # Envoy's JSON access log
 
 
-def test_supervisor_exits_non_zero_when_a_child_dies(repository: Path, tmp_path: Path) -> None:
+def test_supervisor_exits_non_zero_when_envoy_dies(repository: Path, tmp_path: Path) -> None:
     stack = start_server(repository, tmp_path / "stack.log", gateway=True)
     try:
         pids = json.loads(next(line for line in stack.log().splitlines() if "stack started" in line))["pids"]
         os.kill(pids["envoy"], signal.SIGKILL)
         assert stack.process.wait(60) == 1
-        assert "child exited on its own" in stack.log()
+        assert "envoy exited on its own" in stack.log()
     finally:
         if stack.process.poll() is None:
             stack.process.kill()

@@ -89,6 +89,11 @@ def numpy_dtype(dtype: int) -> np.dtype:
     return _DTYPES[dtype].numpy
 
 
+_FIELD_ITEMSIZE = {"int_values": 4, "int64_values": 8, "uint64_values": 8}
+MAX_RANK = 32  # dimensions of a tensor (numpy stops at 64)
+MAX_ELEMENTS = 2**62  # product of the non-zero dimensions: beyond it numpy cannot even describe the shape
+
+
 def element_count(shape: tuple[int, ...]) -> int:
     """Number of elements of a shape (1 for a scalar)."""
     return math.prod(shape)
@@ -105,8 +110,12 @@ def decode(tensor: Tensor, name: str = "tensor") -> np.ndarray:
     if info is None:
         raise TensorCodecError(f"{name}: dtype is {dtype_name(tensor.dtype)}; set one of {', '.join(sorted(_BY_NAME))}")
     shape = tuple(tensor.shape)
+    if len(shape) > MAX_RANK:
+        raise TensorCodecError(f"{name}: shape has {len(shape)} dimensions, more than {MAX_RANK}")
     if any(dim < 0 for dim in shape):
         raise TensorCodecError(f"{name}: shape {list(shape)} has a negative dimension")
+    if math.prod(dim for dim in shape if dim) >= MAX_ELEMENTS:  # an empty tensor may not overflow either
+        raise TensorCodecError(f"{name}: shape {list(shape)} is too large")
     count = element_count(shape)
     used = [field for field in _TYPED_FIELDS if len(getattr(tensor, field))]
     if tensor.raw_contents:
@@ -123,8 +132,10 @@ def decode(tensor: Tensor, name: str = "tensor") -> np.ndarray:
     values = getattr(tensor, field)
     if len(values) != count:
         raise TensorCodecError(f"{name}: shape {list(shape)} needs {count} values, got {len(values)} in {field}")
-    if info.typed_field == "int_values" and info.numpy.itemsize < 4:
-        wide = np.array(values, dtype=np.int64)
+    if info.numpy.kind in "iu" and info.numpy.itemsize < _FIELD_ITEMSIZE[info.typed_field]:
+        # A narrower integer type than its field (int8 in int_values, uint32 in uint64_values): check the range
+        # instead of letting numpy wrap values around.
+        wide = np.array(values, dtype=np.uint64 if info.typed_field == "uint64_values" else np.int64)
         limits = np.iinfo(info.numpy)
         if count and (wide.min() < limits.min or wide.max() > limits.max):
             raise TensorCodecError(f"{name}: a value is outside the range of {info.name} [{limits.min}, {limits.max}]")
