@@ -22,6 +22,9 @@ ENV_PREFIX = "TENSORGATE_"
 NESTED = "__"  # TENSORGATE_BATCHING__MAX_BATCH_SIZE sets batching.max_batch_size
 MiB = 1024 * 1024
 DEVICE_PATTERN = r"^(auto|cpu|gpu:\d+)$"
+# Kubernetes sets TENSORGATE_PORT=tcp://10.0.0.1:8500 in every pod of a namespace with a Service named tensorgate
+# (service links): such values are addresses of Services, never settings.
+SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
 
 
 class ConfigError(ValueError):
@@ -45,10 +48,13 @@ class TlsConfig(BaseModel):
     def _complete(self) -> TlsConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
+        return self
+
+    def check_files(self) -> None:
+        """ValueError unless every file named here exists (checked by whoever uses them: the server or Envoy)."""
         for path in (self.cert_file, self.key_file, self.ca_file):
             if path is not None and not path.is_file():
                 raise ValueError(f"{path} is not a readable file")
-        return self
 
     @property
     def enabled(self) -> bool:
@@ -96,6 +102,9 @@ class ServerConfig(BaseModel):
     gateway: bool = Field(True, description="Also run Envoy (REST/JSON, OpenAPI, docs) under one supervisor.")
     gateway_port: int = Field(8080, ge=0, le=65535, description="Envoy listener: gRPC and REST on one port.")
     gateway_admin_port: int = Field(9901, ge=0, le=65535, description="Envoy admin port (stats, readiness).")
+    gateway_admin_host: str = Field(
+        "127.0.0.1", description="Address of Envoy's admin port; it can change Envoy's state, so loopback by default."
+    )
     replicas: int = Field(
         1, ge=1, description="Server processes behind the one Envoy; replica i uses port+i, metrics_port+i."
     )
@@ -170,6 +179,16 @@ class ServerConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _tls_files_exist(self) -> ServerConfig:
+        """The server's own files always; Envoy's only where this process runs Envoy (a server pod has no key
+        of Envoy's)."""
+        self.tls.check_files()
+        if self.gateway:
+            self.gateway_tls.check_files()
+            self.upstream_tls.check_files()
+        return self
+
+    @model_validator(mode="after")
     def _ports_do_not_overlap(self) -> ServerConfig:
         """Replica i takes port+i, metrics_port+i and health_port+i: no two of those may collide."""
         ranges = {"port": self.port, "metrics_port": self.metrics_port, "health_port": self.health_port}
@@ -213,7 +232,7 @@ def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
         if not key.startswith(ENV_PREFIX):
             continue
         path = key.removeprefix(ENV_PREFIX).lower().split(NESTED)
-        if path[0] not in ServerConfig.model_fields:
+        if path[0] not in ServerConfig.model_fields or value.startswith(SERVICE_LINK_SCHEMES):
             continue
         set_nested(values, path, value)
     return values

@@ -221,6 +221,7 @@ def render_envoy_config(config: ServerConfig, assets_dir: Path | None = None) ->
         host=config.host,
         port=config.gateway_port,
         admin_port=config.gateway_admin_port,
+        admin_host=config.gateway_admin_host,
         cluster_type="STRICT_DNS" if config.gateway_upstream else "STATIC",
         endpoints="\n".join(endpoints),
         descriptor=assets / DESCRIPTOR_SET.name,

@@ -60,3 +60,15 @@ def test_tls_settings_are_checked_together(tmp_path: Path) -> None:
         load_config(environ={"TENSORGATE_JWT__JWKS_FILE": str(pem)})
     config = load_config(environ={"TENSORGATE_JWT__AUDIENCES": "a, b", "TENSORGATE_JWT__ALGORITHMS": "ES256"})
     assert (config.jwt.audiences, config.jwt.algorithms) == (["a", "b"], ["ES256"])
+
+
+def test_envoy_files_are_only_checked_where_envoy_runs(tmp_path: Path) -> None:
+    missing = {"cert_file": str(tmp_path / "gateway.pem"), "key_file": str(tmp_path / "gateway-key.pem")}
+    with pytest.raises(ConfigError, match="is not a readable file"):
+        load_config(flags={"gateway_tls": missing}, environ={})
+    assert load_config(flags={"gateway_tls": missing, "gateway": "false"}, environ={}).gateway_tls.enabled
+
+
+def test_kubernetes_service_links_are_not_settings() -> None:
+    environ = {"TENSORGATE_PORT": "tcp://10.0.0.7:8500", "TENSORGATE_METRICS_PORT": "9000"}
+    assert (load_config(environ=environ).port, load_config(environ=environ).metrics_port) == (8500, 9000)

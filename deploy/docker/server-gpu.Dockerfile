@@ -1,0 +1,53 @@
+# tensorgate gRPC model server, NVIDIA GPU build (TensorFlow with its CUDA libraries: the `gpu` extra).
+#
+# Build from the repository root, which must be the build context:
+#   docker build -f deploy/docker/server-gpu.Dockerfile -t tensorgate/server-gpu:0.1.0 .
+# No .dockerignore, on purpose: only the paths the COPY lines name enter the image (see server.Dockerfile).
+#
+# The CUDA libraries TensorFlow was built against come from pip (tensorflow[and-cuda] pins the nvidia-*-cu12
+# wheels), so the image needs only the host's driver. The nvidia/cuda "base" image adds what makes the NVIDIA
+# container toolkit inject that driver and refuse a driver too old for CUDA 12 up front (NVIDIA_VISIBLE_DEVICES,
+# NVIDIA_DRIVER_CAPABILITIES, NVIDIA_REQUIRE_CUDA), instead of TensorFlow silently falling back to the CPU.
+# Ubuntu 24.04's Python is 3.12, which the project (requires-python >= 3.11) and TensorFlow support.
+# Run it with a GPU: `docker run --gpus all ...`, or deploy/kubernetes/server-gpu-deployment.yaml; the
+# configuration selects the device with device = "gpu:0" (TENSORGATE_DEVICE).
+
+FROM nvidia/cuda:12.6.3-base-ubuntu24.04 AS build
+# Ubuntu's archive keeps only the newest build of a package, so an exact apt pin would break the build at the
+# next security update; the base image tag pins the release and with it the Python minor version.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY server/ server/
+COPY clients/ clients/
+COPY gateway/ gateway/
+COPY protos/tensorgate/v1/ protos/tensorgate/v1/
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[gpu]"
+
+FROM nvidia/cuda:12.6.3-base-ubuntu24.04
+# The venv's python is a link to the system one: the runtime stage needs the same interpreter (not pip or venv).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 \
+    && rm -rf /var/lib/apt/lists/*
+# The same uid/gid as the CPU image (server.Dockerfile), so both run under one Kubernetes securityContext.
+RUN groupadd --system --gid 10001 tensorgate \
+    && useradd --system --uid 10001 --gid tensorgate --no-create-home --home-dir /tmp --shell /usr/sbin/nologin tensorgate
+COPY --from=build /opt/venv /opt/venv
+# HOME=/tmp and no bytecode: the root filesystem is read-only under Kubernetes, /tmp an emptyDir.
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+USER 10001:10001
+WORKDIR /tmp
+# 8500 gRPC (mTLS in production), 8502 Prometheus /metrics, 8510 the plaintext gRPC health port for probes.
+EXPOSE 8500 8502 8510
+ENTRYPOINT ["tensorgate", "serve", "--gateway", "false"]
+CMD ["--config", "/etc/tensorgate/config/tensorgate.toml"]

@@ -1,0 +1,47 @@
+# tensorgate gRPC model server, CPU build (TensorFlow for the CPU: the `cpu` extra).
+#
+# Build from the repository root, which must be the build context (pyproject.toml lives there):
+#   docker build -f deploy/docker/server.Dockerfile -t tensorgate/server:0.1.0 .
+# There is deliberately no .dockerignore: only the paths the COPY lines below name enter the image, and
+# BuildKit (Docker's default builder) transfers only those from the context, so a working tree's .venv/,
+# node_modules/, models/ or certificates never reach the build.
+#
+# The image runs only the gRPC server (`--gateway false`): Envoy runs in its own container
+# (envoy.Dockerfile), in front of every replica. Configuration comes from a mounted TOML file
+# (/etc/tensorgate/config/tensorgate.toml by default, see CMD), TENSORGATE_* variables and flags;
+# certificates, API keys and the JWKS are mounted under /etc/tensorgate/tls and /etc/tensorgate/auth,
+# the model repository at /models (deploy/compose.yaml, deploy/kubernetes/).
+
+FROM python:3.11.13-slim-bookworm AS build
+# A virtual environment is one directory to copy into the runtime stage, without pip's build dependencies.
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY server/ server/
+COPY clients/ clients/
+COPY gateway/ gateway/
+COPY protos/tensorgate/v1/ protos/tensorgate/v1/
+# A regular (not editable) install: the runtime stage keeps the venv and drops /src.
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[cpu]"
+
+FROM python:3.11.13-slim-bookworm
+# A fixed uid/gid, so that Kubernetes' runAsUser/fsGroup and the owners of mounted files can name it.
+RUN groupadd --system --gid 10001 tensorgate \
+    && useradd --system --uid 10001 --gid tensorgate --no-create-home --home-dir /tmp --shell /usr/sbin/nologin tensorgate
+COPY --from=build /opt/venv /opt/venv
+# HOME=/tmp: libraries that keep a cache under ~ (Keras) write where Kubernetes mounts an emptyDir, since the
+# root filesystem is read-only there. No bytecode is written at run time for the same reason.
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    TF_CPP_MIN_LOG_LEVEL=2
+USER 10001:10001
+WORKDIR /tmp
+# 8500 gRPC (mTLS in production), 8502 Prometheus /metrics, 8510 the plaintext gRPC health port for kubelet
+# probes. The health port is off unless the configuration sets health_port (the deployments set 8510).
+EXPOSE 8500 8502 8510
+# No HEALTHCHECK: the health port is a choice of the configuration, and Kubernetes probes it itself;
+# deploy/compose.yaml declares a healthcheck with the port it configures.
+ENTRYPOINT ["tensorgate", "serve", "--gateway", "false"]
+CMD ["--config", "/etc/tensorgate/config/tensorgate.toml"]
