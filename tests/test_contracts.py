@@ -24,6 +24,22 @@ def test_buf_lint_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _version_key(image: Path) -> tuple[int, ...]:
+    return tuple(int(part) for part in image.stem.rsplit("-", 1)[1].split("."))
+
+
+def test_no_breaking_change_against_the_last_released_contract() -> None:
+    """`buf breaking` (FILE rules) against the newest image in protos/released/: a change that would break
+    existing callers (a removed RPC or field, a renumbered field, a changed type) fails here."""
+    buf = shutil.which("buf", path=str(BIN)) or shutil.which("buf")
+    assert buf, "buf is installed by the dev extra (buf-bin)"
+    released = max((ROOT / "protos" / "released").glob("tensorgate-v1-*.binpb"), key=_version_key)
+    result = subprocess.run(
+        [buf, "breaking", "protos", "--against", str(released)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, f"breaking change against {released.name}:\n{result.stdout}{result.stderr}"
+
+
 def test_generated_code_matches_the_protos() -> None:
     result = subprocess.run([sys.executable, "protos/generate.py", "--check"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
