@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import time
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from tensorgate.server.errors import PermissionDeniedError, UnauthenticatedError
 from tensorgate.server.rate_limit import RateLimiter
+from tensorgate.server.watched_file import WatchedFile
 
 if TYPE_CHECKING:
     from tensorgate.server.jwt_auth import JwtVerifier
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCOPES = ("predict", "admin")
-RELOAD_CHECK_S = 1.0  # how often the key file's modification time is looked at
 
 
 @dataclass(frozen=True)
@@ -127,30 +126,11 @@ class ApiKeyStore:
     """The hashed API keys of the key file, re-read when the file changes."""
 
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._keys = parse_key_file(path.read_text())
-        self._mtime = path.stat().st_mtime_ns
-        self._checked = time.monotonic()
-        log.info("api keys loaded", extra={"fields": {"file": str(path), "keys": len(self._keys)}})
+        self._file = WatchedFile(path, parse_key_file, "api keys")
 
     def lookup(self, key: str) -> Principal | None:
         """The principal of ``key``, or None for an unknown or revoked key."""
-        self._reload_if_changed()
-        return self._keys.get(hash_key(key))
-
-    def _reload_if_changed(self) -> None:
-        now = time.monotonic()
-        if now - self._checked < RELOAD_CHECK_S:
-            return
-        self._checked = now
-        try:
-            mtime = self._path.stat().st_mtime_ns
-            if mtime != self._mtime:
-                self._keys, self._mtime = parse_key_file(self._path.read_text()), mtime
-                log.info("api keys reloaded", extra={"fields": {"file": str(self._path), "keys": len(self._keys)}})
-        except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:
-            # A half-written or broken file must not lock everyone out: keep the keys we had.
-            log.error("api key file unreadable; keeping the previous keys", extra={"fields": {"error": str(exc)}})
+        return self._file.current().get(hash_key(key))
 
 
 def write_key_file(path: Path, keys: dict[str, Principal]) -> None:

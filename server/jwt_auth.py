@@ -26,19 +26,19 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jwt
 
-from tensorgate.server.auth import RELOAD_CHECK_S, SCOPES, Principal
+from tensorgate.server.auth import SCOPES, Principal
 from tensorgate.server.errors import UnauthenticatedError
+from tensorgate.server.watched_file import WatchedFile
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_TOKEN_BYTES", "RELOAD_CHECK_S", "JwtVerifier"]
+__all__ = ["MAX_TOKEN_BYTES", "JwtVerifier"]
 
 MAX_TOKEN_BYTES = 16 * 1024  # longer "tokens" are refused before any parsing
 _HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -96,20 +96,15 @@ class JwtVerifier:
             raise ValueError("JWT leeway must not be negative")
         if not scopes_claim:
             raise ValueError("JWT scopes claim name must not be empty")
-        self._path = jwks_file
         self._issuer = issuer
         self._audiences = list(audiences)
         self._algorithms = list(algorithms)
         self._leeway_s = leeway_s
         self._scopes_claim = scopes_claim
-        self._keys = _load_jwks(jwks_file.read_text(), self._algorithms)
-        self._stamp = _file_stamp(jwks_file)
-        self._checked = time.monotonic()
-        log.info("jwks loaded", extra={"fields": {"file": str(jwks_file), "keys": len(self._keys)}})
+        self._keys = WatchedFile(jwks_file, lambda text: _load_jwks(text, self._algorithms), "jwks")
 
     def verify(self, token: str) -> Principal:
         """The principal the token names if it is valid; UnauthenticatedError with a short reason otherwise."""
-        self._reload_if_changed()
         if not isinstance(token, str) or not token:
             raise UnauthenticatedError("malformed token: empty")
         if len(token) > MAX_TOKEN_BYTES:
@@ -144,7 +139,7 @@ class JwtVerifier:
     def _key_for(self, kid: object, alg: str) -> Any:
         """The verification key for a token's ``kid`` and ``alg`` (the cryptography public key object)."""
         family = _KEY_TYPE_OF_ALGORITHM[alg]
-        keys = self._keys
+        keys = self._keys.current()
         if kid is None:
             candidates = [jwk for jwk in keys if jwk.key_type == family]
             if len(candidates) != 1:
@@ -173,26 +168,6 @@ class JwtVerifier:
         else:
             raise UnauthenticatedError(f"token claim {self._scopes_claim!r} must be a string or a list of strings")
         return frozenset(granted).intersection(SCOPES)
-
-    def _reload_if_changed(self) -> None:
-        now = time.monotonic()
-        if now - self._checked < RELOAD_CHECK_S:
-            return
-        self._checked = now
-        try:
-            stamp = _file_stamp(self._path)
-            if stamp != self._stamp:
-                self._keys, self._stamp = _load_jwks(self._path.read_text(), self._algorithms), stamp
-                log.info("jwks reloaded", extra={"fields": {"file": str(self._path), "keys": len(self._keys)}})
-        except (OSError, ValueError) as exc:
-            # A half-written or broken file must not lock everyone out: keep the keys we had.
-            log.error("jwks file unreadable; keeping the previous keys", extra={"fields": {"error": str(exc)}})
-
-
-def _file_stamp(path: Path) -> tuple[int, int, int]:
-    """Changes whenever the file does: mtime alone can miss a same-tick rewrite; an atomic replace changes the inode."""
-    stat = path.stat()
-    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 def _load_jwks(text: str, algorithms: Sequence[str]) -> tuple[jwt.PyJWK, ...]:

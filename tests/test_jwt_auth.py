@@ -11,7 +11,7 @@ import grpc
 import jwt
 import pytest
 
-from tensorgate.server import jwt_auth
+from tensorgate.server import watched_file
 from tensorgate.server.auth import Principal
 from tensorgate.server.errors import UnauthenticatedError
 from tensorgate.server.jwt_auth import JwtVerifier
@@ -155,12 +155,12 @@ def test_jwks_rotation_without_restart(tmp_path: Path, monkeypatch: pytest.Monke
     old_token = old.token()
     assert verifier.verify(old_token).name == "jwt:user-1"
 
-    monkeypatch.setattr(jwt_auth, "RELOAD_CHECK_S", 3600.0)
+    monkeypatch.setattr(watched_file, "RELOAD_CHECK_S", 3600.0)
     new = TokenIssuer(old.jwks_path, kid="rotated")  # the provider publishes a new key and drops the old one
     new_token = new.token(sub="user-2")
     assert "unknown token key id" in refused(verifier, new_token)  # not looked at yet
 
-    monkeypatch.setattr(jwt_auth, "RELOAD_CHECK_S", 0.0)
+    monkeypatch.setattr(watched_file, "RELOAD_CHECK_S", 0.0)
     assert verifier.verify(new_token).name == "jwt:user-2"
     assert "unknown token key id" in refused(verifier, old_token)
 
@@ -170,13 +170,13 @@ def test_broken_jwks_keeps_the_previous_keys(
 ) -> None:
     issuer = TokenIssuer(tmp_path / "jwks.json")
     verifier = make_verifier(issuer.jwks_path)
-    monkeypatch.setattr(jwt_auth, "RELOAD_CHECK_S", 0.0)
+    monkeypatch.setattr(watched_file, "RELOAD_CHECK_S", 0.0)
     for broken in ('{"keys": [', '{"keys": []}', json.dumps({"keys": [{"kty": "RSA", "kid": "x"}]})):
         caplog.clear()
         issuer.jwks_path.write_text(broken)
-        with caplog.at_level(logging.ERROR, logger="tensorgate.server.jwt_auth"):
+        with caplog.at_level(logging.ERROR, logger="tensorgate.server.watched_file"):
             assert verifier.verify(issuer.token()).name == "jwt:user-1"
-        assert any("keeping the previous keys" in record.getMessage() for record in caplog.records)
+        assert any("keeping the previous content" in record.getMessage() for record in caplog.records)
     issuer.write_jwks()  # repaired
     assert verifier.verify(issuer.token()).name == "jwt:user-1"
 
