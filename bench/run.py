@@ -12,8 +12,9 @@ Measures, on the MNIST reference model (trained into --repository if missing):
   * reload under load: p99 and failed requests while two new versions are rolled in, against steady state;
   * tracing overhead: unary throughput with tracing off and at 10% sampling (spans to a local OTLP receiver);
   * scale-out: gRPC (h2load) and REST (wrk) through Envoy at concurrency 64 with 1 and 2 server replicas;
+  * TLS cost: the same through Envoy in plaintext and with TLS on both hops;
   * the server's peak RSS.
-`--only replicas` runs the scale-out case alone.
+`--only replicas` or `--only tls` runs that case alone.
 Prints a table and writes JSON. Needs h2load and wrk (Debian packages nghttp2-client, wrk).
 """
 
@@ -123,26 +124,26 @@ def free_port_block(count: int) -> int:
 def start_tensorgate(repository: Path, batching: bool, log: Path, *extra: str, replicas: int = 1) -> Server:
     """The whole stack (supervisor, server replicas, Envoy) on free ports."""
     port = free_port_block(16)
-    metrics_port = port + 8  # replica i: gRPC on port + i, metrics on port + 8 + i
+    metrics_port = port + 8  # replica i: gRPC on port + i, metrics on port + 8 + i, plaintext health on port + 12 + i
     gateway_port = free_port()
     command = [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--model-repository", str(repository), *extra]
     command += ["--port", str(port), "--metrics-port", str(metrics_port), "--batching-enabled", str(batching).lower()]
     command += ["--gateway-port", str(gateway_port), "--gateway-admin-port", str(free_port())]
-    command += ["--replicas", str(replicas)]
+    command += ["--replicas", str(replicas), "--health-port", str(port + 12)]
     with log.open("ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     for replica in range(replicas):
-        wait_serving(port + replica, process)
+        wait_serving(port + 12 + replica, process)  # the health port speaks plaintext even when the server is mTLS
     time.sleep(2)  # Envoy's health checks pass every replica
     return Server(process, port, metrics_port, gateway_port)
 
 
-def wrk(port: int, body: str, concurrency: int, seconds: int, tmp: Path) -> dict[str, float]:
+def wrk(port: int, body: str, concurrency: int, seconds: int, tmp: Path, scheme: str = "http") -> dict[str, float]:
     """REST load from wrk: POST the JSON body to the predict route through Envoy."""
     script = tmp / "predict.lua"
     script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{body}]]\n')
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script)]
-    url = f"http://127.0.0.1:{port}/v1/models/mnist:predict"
+    url = f"{scheme}://127.0.0.1:{port}/v1/models/mnist:predict"
     output = subprocess.run([*command, url], capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     return {
@@ -176,7 +177,7 @@ def in_process_limit(model_dir: Path, x: np.ndarray, seconds: float) -> dict[int
 
 
 def h2load(
-    port: int, body: Path, concurrency: int, seconds: int, log_file: Path, connections: int = 1
+    port: int, body: Path, concurrency: int, seconds: int, log_file: Path, connections: int = 1, scheme: str = "http"
 ) -> dict[str, float]:
     """Unary load from h2load: ``concurrency`` streams over each of ``connections`` HTTP/2 connections;
     latency percentiles from its per-request log."""
@@ -184,7 +185,7 @@ def h2load(
         "h2load", "-D", str(seconds), "--warm-up-time", "1", "-c", str(connections), "-m", str(concurrency),
         "-t", "1",
         "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
-        f"--log-file={log_file}", f"http://127.0.0.1:{port}{PREDICT_PATH}",
+        f"--log-file={log_file}", f"{scheme}://127.0.0.1:{port}{PREDICT_PATH}",
     ]  # fmt: skip
     output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
     rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", output).group(1))  # type: ignore[union-attr]
@@ -289,6 +290,30 @@ def scale_out(repository: Path, body: Path, rest_body: str, seconds: int, tmp: P
     return runs
 
 
+def tls_cost(repository: Path, body: Path, rest_body: str, seconds: int, tmp: Path, log: Path) -> dict[str, Any]:
+    """The same load through Envoy in plaintext and with TLS on both hops (TLS to Envoy, mTLS Envoy -> server)."""
+    from tensorgate.server.certs import create_dev_pki
+
+    pki = create_dev_pki(tmp / "certs")
+    tls_flags = (
+        "--tls-cert-file", str(pki.server.cert), "--tls-key-file", str(pki.server.key), "--tls-ca-file", str(pki.ca),
+        "--gateway-tls-cert-file", str(pki.gateway.cert), "--gateway-tls-key-file", str(pki.gateway.key),
+        "--upstream-tls-cert-file", str(pki.gateway.cert), "--upstream-tls-key-file", str(pki.gateway.key),
+        "--upstream-tls-ca-file", str(pki.ca),
+    )  # fmt: skip
+    runs: dict[str, Any] = {}
+    for label, extra, scheme in (("plaintext", (), "http"), ("tls", tls_flags, "https")):
+        server = start_tensorgate(repository, True, log, *extra)
+        try:
+            runs[label] = {
+                "grpc_c64": h2load(server.gateway_port, body, 16, seconds, tmp / f"tls-{label}.log", 4, scheme),
+                "rest_c64": wrk(server.gateway_port, rest_body, 64, seconds, tmp, scheme),
+            }
+        finally:
+            server.stop()
+    return runs
+
+
 def unary_runs_at(server: Server, body: Path, concurrency: int, seconds: int, log_file: Path) -> dict[str, float]:
     before = server.metric_sum("tensorgate_model_examples_total")
     result = h2load(server.port, body, concurrency, seconds, log_file)
@@ -322,7 +347,7 @@ def main() -> int:
     parser.add_argument("--repository", type=Path, default=ROOT / "models")
     parser.add_argument("--duration", type=int, default=5, help="seconds per load point (after 1 s of warm-up)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
-    parser.add_argument("--only", choices=["replicas"], help="run one case alone")
+    parser.add_argument("--only", choices=["replicas", "tls"], help="run one case alone")
     args = parser.parse_args()
     if not shutil.which("h2load"):
         raise SystemExit("h2load not found: apt-get install nghttp2-client")
@@ -354,6 +379,11 @@ def main() -> int:
         results = {"replicas": scale_out(args.repository, body, rest_body, args.duration, tmp, log)}
         args.output.write_text(json.dumps(results, indent=2))
         print_replicas_table(results["replicas"])
+        return 0
+    if args.only == "tls":
+        results = {"tls": tls_cost(args.repository, body, rest_body, args.duration, tmp, log)}
+        args.output.write_text(json.dumps(results, indent=2))
+        print_tls_table(results["tls"])
         return 0
 
     print("in-process limit ...", flush=True)
@@ -401,12 +431,15 @@ def main() -> int:
     results["reload"] = reload_under_load(version_dir, body, args.duration * 2, tmp, log)
     print("tracing overhead ...", flush=True)
     results["tracing"] = tracing_overhead(args.repository, body, args.duration, tmp, log)
+    print("TLS cost ...", flush=True)
+    results["tls"] = tls_cost(args.repository, body, rest_body, args.duration, tmp, log)
     print("scale-out ...", flush=True)
     results["replicas"] = scale_out(args.repository, body, rest_body, args.duration, tmp, log)
     results["ratios"] = ratios(results)
     args.output.write_text(json.dumps(results, indent=2))
     print_table(results)
     print_replicas_table(results["replicas"])
+    print_tls_table(results["tls"])
     print(f"\nJSON: {args.output}")
     return 0
 
@@ -425,6 +458,20 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
         "grpc_2_replicas_vs_1": r["replicas"]["2"]["grpc_c64"]["requests_per_s"]
         / r["replicas"]["1"]["grpc_c64"]["requests_per_s"],
     }
+
+
+def print_tls_table(runs: dict[str, Any]) -> None:
+    print("\n| through Envoy, concurrency 64 | transport | req/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---:|---:|---:|---:|")
+    for transport, run in runs.items():
+        for kind, result in (("gRPC (h2load)", run["grpc_c64"]), ("REST (wrk)", run["rest_c64"])):
+            print(
+                f"| {kind} | {transport} | {result['requests_per_s']:,.0f} | {result['p50_ms']:.2f} | "
+                f"{result['p99_ms']:.2f} | {result['errors']} |"
+            )
+    for kind in ("grpc_c64", "rest_c64"):
+        ratio = runs["tls"][kind]["requests_per_s"] / runs["plaintext"][kind]["requests_per_s"]
+        print(f"| {kind.split('_')[0]}: TLS / plaintext | {ratio:.2f} | | | | |")
 
 
 def print_replicas_table(runs: dict[str, Any]) -> None:
