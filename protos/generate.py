@@ -10,16 +10,24 @@ the OpenAPI 3 document ``gateway/openapi.json`` (grpc-gateway's
 protoc-gen-swagger from the ``google.api.http`` rules, converted by
 swagger2openapi, then completed with the error responses and the streaming
 body that the generator cannot express); and the Swagger UI assets under
-``gateway/docs/``. Generators are pinned (grpcio-tools in pyproject.toml,
-npm packages in package-lock.json, protoc-gen-swagger from Debian's
-golang-grpc-gateway) so that output is reproducible.
+``gateway/docs/``; the Go and TypeScript clients under ``clients/go/tensorgatev1/`` and
+``clients/ts/src/gen/`` (``buf generate`` with the local plugins of ``buf.gen.yaml``).
+Generators are pinned (grpcio-tools in pyproject.toml, npm packages in
+package-lock.json, protoc-gen-swagger from Debian's golang-grpc-gateway,
+protoc-gen-go and protoc-gen-go-grpc from Debian) so that output is reproducible.
+
+The vendored protocols of other model servers (``protos/tensorgate/compat/``:
+KServe v2 and TF Serving, served beside tensorgate.v1) get Python stubs only;
+the KServe v2 service also goes into the descriptor set, for its REST paths.
 """
 
 from __future__ import annotations
 
 import argparse
 import filecmp
+import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,9 +48,22 @@ DOCS_DIR = ROOT / "gateway" / "docs"
 SWAGGER_UI_DIR = ROOT / "node_modules" / "swagger-ui-dist"
 SWAGGER_UI_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css")
 SWAGGER2OPENAPI = ROOT / "node_modules" / ".bin" / "swagger2openapi"
+BUF_GEN_TEMPLATE = ROOT / "buf.gen.yaml"
+GO_CLIENT_DIR = ROOT / "clients" / "go" / "tensorgatev1"
+TS_CLIENT_DIR = ROOT / "clients" / "ts" / "src" / "gen"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 # Types the server packs into google.rpc.Status details: the transcoder must know them to render error bodies.
 STATUS_DETAIL_PROTOS = ("google/rpc/error_details.proto",)
+COMPAT_DIR = PROTO_ROOT / "tensorgate" / "compat"
+# Transcoded to REST by Envoy (its /v2 routes), so in the descriptor set.
+KSERVE_V2_PROTOS = ("tensorgate/compat/kserve_v2/grpc_service.proto",)
+# TensorFlow's protos that the vendored TF Serving ones import (with their own imports), as the installed TensorFlow
+# registers them: the generated code imports these very modules.
+TENSORFLOW_PROTO_MODULES = (
+    "tensorflow.core.framework.tensor_pb2",
+    "tensorflow.core.protobuf.meta_graph_pb2",
+    "tensorflow.core.protobuf.error_codes_pb2",
+)
 
 
 def _protoc_include() -> str:
@@ -59,14 +81,48 @@ def generate(out_dir: Path) -> list[Path]:
     includes = [f"-I{PROTO_ROOT}", f"-I{THIRD_PARTY}", f"-I{_protoc_include()}"]
     python = [f"--python_out={python_out}", f"--pyi_out={python_out}", f"--grpc_python_out={python_out}"]
     descriptor_args = ["--include_imports", f"--descriptor_set_out={descriptor}"]
-    for args in ([*python, *protos], [*descriptor_args, *protos, *STATUS_DETAIL_PROTOS]):
+    for args in ([*python, *protos], [*descriptor_args, *protos, *KSERVE_V2_PROTOS, *STATUS_DETAIL_PROTOS]):
         if protoc.main(["protoc", *includes, *args]) != 0:
             raise SystemExit("protoc failed")
-    generated = [descriptor, *generate_openapi(out_dir, includes, protos)]
+    generated = [descriptor, *generate_openapi(out_dir, includes, protos), *generate_clients(out_dir)]
     for proto in protos:
         stem = proto.removesuffix(".proto")
         generated += [python_out / f"{stem}{suffix}" for suffix in GENERATED_SUFFIXES]
+    generated += generate_compat(out_dir, includes, python)
     return [p for p in generated if p.exists()]
+
+
+def generate_compat(out_dir: Path, includes: list[str], python: list[str]) -> list[Path]:
+    """Python stubs of the vendored protocols under protos/tensorgate/compat/; return their paths.
+
+    protoc reads TensorFlow's own protos (which TF Serving's import) as descriptors of the installed TensorFlow,
+    since TensorFlow does not ship their source.
+    """
+    protos = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in COMPAT_DIR.rglob("*.proto"))
+    tensorflow = out_dir / "tensorflow-protos.binpb"
+    tensorflow.write_bytes(tensorflow_descriptors().SerializeToString())
+    if protoc.main(["protoc", *includes, f"--descriptor_set_in={tensorflow}", *python, *protos]) != 0:
+        raise SystemExit("protoc failed on the vendored protos")
+    python_out = out_dir / "protos"
+    return [python_out / f"{p.removesuffix('.proto')}{suffix}" for p in protos for suffix in GENERATED_SUFFIXES]
+
+
+def tensorflow_descriptors() -> descriptor_pb2.FileDescriptorSet:
+    """The files of TENSORFLOW_PROTO_MODULES and their imports (but google/protobuf's, which protoc has)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # importing TensorFlow's modules loads TensorFlow
+    files: dict[str, bytes] = {}
+
+    def add(file: Any) -> None:
+        if file.name not in files and not file.name.startswith("google/protobuf/"):
+            for dependency in file.dependencies:
+                add(dependency)
+            files[file.name] = file.serialized_pb
+
+    for module in TENSORFLOW_PROTO_MODULES:
+        add(importlib.import_module(module).DESCRIPTOR)
+    return descriptor_pb2.FileDescriptorSet(
+        file=[descriptor_pb2.FileDescriptorProto.FromString(f) for f in files.values()]
+    )
 
 
 def generate_openapi(out_dir: Path, includes: list[str], protos: list[str]) -> list[Path]:
@@ -93,6 +149,22 @@ def generate_openapi(out_dir: Path, includes: list[str], protos: list[str]) -> l
     for asset in SWAGGER_UI_ASSETS:
         shutil.copyfile(SWAGGER_UI_DIR / asset, docs / asset)
     return [openapi, *(docs / asset for asset in SWAGGER_UI_ASSETS)]
+
+
+def generate_clients(out_dir: Path) -> list[Path]:
+    """Write the Go and TypeScript clients under ``out_dir`` with ``buf generate`` (plugins in buf.gen.yaml)."""
+    buf = shutil.which("buf", path=str(Path(sys.executable).parent)) or shutil.which("buf")
+    if buf is None:
+        raise SystemExit("buf not found: pip install -e '.[dev]' (buf-bin)")
+    for plugin, package in (("protoc-gen-go", "protoc-gen-go"), ("protoc-gen-go-grpc", "protoc-gen-go-grpc")):
+        if shutil.which(plugin) is None:
+            raise SystemExit(f"{plugin} not found: apt-get install {package}")
+    if not (ROOT / "node_modules" / ".bin" / "protoc-gen-es").exists():
+        raise SystemExit("protoc-gen-es not found: npm ci")
+    command = [buf, "generate", "--template", str(BUF_GEN_TEMPLATE), "--output", str(out_dir)]
+    subprocess.run(command, cwd=ROOT, check=True)
+    go_dir, ts_dir = (out_dir / d.relative_to(ROOT) for d in (GO_CLIENT_DIR, TS_CLIENT_DIR))
+    return sorted([*go_dir.glob("*.pb.go"), *ts_dir.rglob("*_pb.ts")])
 
 
 ERROR_RESPONSES = {
@@ -148,7 +220,9 @@ def main() -> int:
         fresh = generate(tmp_root)
         expected = {ROOT / p.relative_to(tmp_root): p for p in fresh}
         committed = {p for p in PACKAGE_DIR.iterdir() if p.name.endswith(GENERATED_SUFFIXES)}
+        committed |= {p for p in COMPAT_DIR.rglob("*") if p.name.endswith(GENERATED_SUFFIXES)}
         committed |= {DESCRIPTOR_SET, OPENAPI, *(DOCS_DIR / asset for asset in SWAGGER_UI_ASSETS)}
+        committed |= {*GO_CLIENT_DIR.glob("*.pb.go"), *TS_CLIENT_DIR.rglob("*_pb.ts")}
         if args.check:
             stale = sorted(
                 str(path.relative_to(ROOT))
