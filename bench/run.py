@@ -375,6 +375,7 @@ def main() -> int:
         }
     )
 
+    results: dict[str, Any]
     if args.only == "replicas":
         results = {"replicas": scale_out(args.repository, body, rest_body, args.duration, tmp, log)}
         args.output.write_text(json.dumps(results, indent=2))
@@ -408,7 +409,7 @@ def main() -> int:
 
     from tensorgate.server.batching import BatchingConfig
 
-    results: dict[str, Any] = {
+    results = {
         "in_process_examples_per_s": in_process,
         "echo": echo_runs,
         "max_queue_delay_ms": BatchingConfig().max_queue_delay_us / 1000,
