@@ -75,10 +75,11 @@ def effective_config(toml_text: str, environ: dict[str, str], mounted: Path) -> 
     return load_config(config_file, environ={key: value.replace(MOUNT, str(mounted)) for key, value in environ.items()})
 
 
-def mounted_files(config: ServerConfig, mounted: Path) -> set[str]:
-    """The container paths of the files the configuration names under /etc/tensorgate."""
+def mounted_files(config: ServerConfig, mounted: Path, envoy: bool = True) -> set[str]:
+    """The container paths of the files the configuration names under /etc/tensorgate (without ``envoy``: only
+    those the server itself reads)."""
     paths = [config.api_keys_file, config.jwt.jwks_file]
-    for tls in (config.tls, config.gateway_tls, config.upstream_tls):
+    for tls in (config.tls, config.gateway_tls, config.upstream_tls) if envoy else (config.tls,):
         paths += [tls.cert_file, tls.key_file, tls.ca_file]
     return {str(p).replace(str(mounted), MOUNT) for p in paths if p is not None}
 
@@ -288,7 +289,7 @@ def test_server_deployment_matches_its_configuration(deployment: str, mounted: P
     # Every file the configuration names is mounted, from the Secret key of that name.
     mounts = {m["mountPath"]: m for m in server["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    for path in mounted_files(config, mounted):
+    for path in mounted_files(config, mounted, envoy=False):
         directory, file = path.rsplit("/", 1)
         secret = volumes[mounts[directory]["name"]]["secret"]
         assert file in {item["path"] for item in secret["items"]}, path
