@@ -19,6 +19,7 @@ system-packages:
 
 install-dev: system-packages install
 	$(VENV)/bin/pip install -q -e ".[cpu,dev]"
+	$(VENV)/bin/pip install -q --no-deps tensorflow-serving-api==2.21.0  # tests' TF Serving client; its `tensorflow` dep would clash with tensorflow-cpu
 	npm ci --no-audit --no-fund --silent
 
 serve: install

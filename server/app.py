@@ -19,6 +19,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY
 
+from tensorgate.server import kserve_v2, tfserving
 from tensorgate.server.auth import ApiKeyStore, Authenticator
 from tensorgate.server.config import ServerConfig, TlsConfig
 from tensorgate.server.dataplane import DataPlane
@@ -77,6 +78,19 @@ async def serve(config: ServerConfig) -> None:
             ModelServicer(registry, manager, authenticator),
         )
     )
+    # The same data plane and registry under the protocols of other model servers, for their existing clients.
+    v2 = kserve_v2.KServeV2Servicer(
+        dataplane,
+        registry,
+        config.stream_window,
+        config.max_stream_duration_s,
+        config.max_request_timeout_s,
+        authenticator,
+    )
+    tfs = tfserving.TFServingServicer(
+        dataplane, registry, config.max_request_timeout_s, config.max_tensor_elements, authenticator
+    )
+    server.add_generic_rpc_handlers([kserve_v2.generic_handler(v2), *tfserving.generic_handlers(tfs)])
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for service in (OVERALL, INFERENCE_SERVICE):
@@ -84,7 +98,16 @@ async def serve(config: ServerConfig) -> None:
     await health.set(MODEL_SERVICE, SERVING)
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection(
-        [INFERENCE_SERVICE, MODEL_SERVICE, health_service, reflection.SERVICE_NAME], server
+        [
+            INFERENCE_SERVICE,
+            MODEL_SERVICE,
+            kserve_v2.SERVICE,
+            tfserving.PREDICTION_SERVICE,
+            tfserving.MODEL_SERVICE,
+            health_service,
+            reflection.SERVICE_NAME,
+        ],
+        server,
     )
     REGISTRY.register(ModelStateCollector(registry.states))
     start_metrics_server(config.host, config.metrics_port)

@@ -112,8 +112,17 @@ JWT_LOCAL_REPLY = """\
                             expression: >-
                               response.code == 403 && response.code_details.startsWith('jwt_authn_access_denied')
                       status_code: 401"""
-# Paths that stay open without credentials: health checks, reflection, the API description and its page.
-PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.", "/openapi.json", "/docs")
+# Paths that stay open without credentials: health checks (the v2 protocol's too), reflection, the API description
+# and its page.
+PUBLIC_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+    "/v2/health/",
+    "/grpc.reflection.",
+    "/openapi.json",
+    "/docs",
+)
 
 
 def _tls_files(tls: TlsConfig, indent: int) -> tuple[str, str]:

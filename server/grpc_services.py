@@ -2,18 +2,25 @@
 
 Requests arrive as raw bytes and are parsed here, so that undecodable bytes
 get INVALID_ARGUMENT (grpcio's own deserializer would answer INTERNAL). Domain
-errors become gRPC status codes in one place: ``_unary`` for unary calls, and
+errors become gRPC status codes in one place: ``rpc_method`` for unary calls, and
 a per-message ``error`` in StreamPredict responses.
+
+The servicers of the other protocols on the same port (``kserve_v2``,
+``tfserving``) share this module's machinery: ``rpc_method`` (span,
+authorization, status mapping, metrics), ``serve_stream`` (a bidirectional
+stream's window and time limit), ``parse_request``, ``select_model``,
+``label_version``, ``record_request``, ``request_timeout`` and ``unary_handlers``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import TypeVar
 
@@ -65,7 +72,9 @@ INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["Inference
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 
 M = TypeVar("M", bound=Message)
-Handler = Callable[[object, bytes, grpc.aio.ServicerContext], Awaitable[Message]]
+R = TypeVar("R")
+S = TypeVar("S")  # the servicer a handler is a method of
+Handler = Callable[[S, bytes, grpc.aio.ServicerContext], Awaitable[Message]]
 BoundHandler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]
 
 _STATES = {
@@ -76,26 +85,39 @@ _STATES = {
 }
 
 
-def _parse(message_type: type[M], data: bytes) -> M:
+def parse_request(message_type: type[M], data: bytes) -> M:
+    """The request message in ``data``; INVALID_ARGUMENT when the bytes do not parse."""
     try:
         return message_type.FromString(data)
     except DecodeError as exc:
         raise InvalidArgumentError(f"request is not a valid {message_type.DESCRIPTOR.full_name}: {exc}") from None
 
 
-def _unary(handler: Handler) -> Handler:
+def _unary(handler: Handler[S]) -> Handler[S]:
+    """``rpc_method`` for tensorgate.v1: named after the handler; admin methods need the admin scope."""
+    return _wrap(handler, handler.__name__, "admin" if handler.__name__ in ADMIN_METHODS else "predict")
+
+
+def rpc_method(method: str, scope: str | None = "predict") -> Callable[[Handler[S]], Handler[S]]:
+    """Decorator of a unary handler of any service on the port: a server span and the request metrics under
+    ``method``, the caller authorized for ``scope`` (None: a public method, such as a health check)."""
+    return functools.partial(_wrap, method=method, scope=scope)
+
+
+def _wrap(handler: Handler[S], method: str, scope: str | None) -> Handler[S]:
     """Turn ServingError into its gRPC status and anything unexpected into INTERNAL."""
 
     @functools.wraps(handler)
-    async def wrapper(self: object, request: bytes, context: grpc.aio.ServicerContext) -> Message:
+    async def wrapper(self: S, request: bytes, context: grpc.aio.ServicerContext) -> Message:
         started, code, rejection = time.perf_counter(), grpc.StatusCode.OK, ""
         parent = incoming_context(context.invocation_metadata())
-        with tracer.start_as_current_span(handler.__name__, context=parent, kind=SpanKind.SERVER) as span:
+        with tracer.start_as_current_span(method, context=parent, kind=SpanKind.SERVER) as span:
             try:
-                _authorize(self, context, "admin" if handler.__name__ in ADMIN_METHODS else "predict")
+                if scope is not None:
+                    _authorize(self, context, scope)
                 return await handler(self, request, context)
             except ServingError as exc:
-                code, rejection = exc.code, _rejection_reason(exc)
+                code, rejection = exc.code, rejection_reason(exc)
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 # The full status (with details such as RetryInfo) travels as grpc-status-details-bin,
                 # where grpcio-status clients and Envoy's convert_grpc_status read it.
@@ -105,11 +127,11 @@ def _unary(handler: Handler) -> Handler:
                 raise
             except Exception:
                 code = grpc.StatusCode.INTERNAL
-                log.exception("unexpected error in %s", handler.__name__)
+                log.exception("unexpected error in %s", method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
             finally:
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
-                _record(handler.__name__, code, started, rejection)
+                record_request(method, code, started, rejection)
         raise AssertionError("context.abort always raises")
 
     return wrapper
@@ -127,7 +149,7 @@ _REJECTION_REASONS = {
 }
 
 
-def _rejection_reason(exc: ServingError) -> str:
+def rejection_reason(exc: ServingError) -> str:
     """The tensorgate_requests_rejected_total reason of an error ("" when it is not a refusal)."""
     return "rate_limited" if isinstance(exc, RateLimitedError) else _REJECTION_REASONS.get(exc.code, "")
 
@@ -145,7 +167,7 @@ def _authorize(servicer: object, context: grpc.aio.ServicerContext, scope: str) 
         _PRINCIPAL.set(authenticator.authorize(context.invocation_metadata(), scope))
 
 
-def _select_model(registry: ModelRegistry, model: str) -> None:
+def select_model(registry: ModelRegistry, model: str) -> None:
     """Label the request's metrics with ``model`` and check that the caller may use it."""
     _MODEL_LABEL.set(model if registry.knows(model) else metrics.UNKNOWN_MODEL)
     if (principal := _PRINCIPAL.get()) is not None:
@@ -164,11 +186,102 @@ def _error_metadata(exc: ServingError) -> tuple[tuple[str, str | bytes], ...]:
     return metadata
 
 
-def _record(method: str, code: grpc.StatusCode, started: float, rejection: str) -> None:
+def label_version(version: int | str) -> None:
+    """Label the request's metrics with the version that answered it."""
+    _VERSION_LABEL.set(str(version))
+
+
+def record_request(method: str, code: grpc.StatusCode, started: float, rejection: str) -> None:
+    """Count one finished request (or stream message) of ``method`` with its outcome and duration."""
     metrics.REQUESTS.labels(model=_MODEL_LABEL.get(), version=_VERSION_LABEL.get(), method=method, code=code.name).inc()
     metrics.REQUEST_SECONDS.labels(method=method).observe(time.perf_counter() - started)
     if rejection:
         metrics.REJECTED.labels(reason=rejection).inc()
+
+
+def request_timeout(context: grpc.aio.ServicerContext, max_request_timeout_s: float) -> float:
+    """The caller's deadline, capped by (or defaulting to) the server's maximum request timeout."""
+    remaining = context.time_remaining()
+    return max_request_timeout_s if remaining is None else min(remaining, max_request_timeout_s)
+
+
+async def serve_stream(
+    servicer: object,
+    requests: AsyncIterator[bytes],
+    context: grpc.aio.ServicerContext,
+    start: Callable[[bytes], asyncio.Future[R]],
+    *,
+    method: str,
+    rpc: str,
+    window: int,
+    max_duration_s: float,
+) -> AsyncGenerator[R, None]:
+    """The answers of a bidirectional stream, in arrival order, with at most ``window`` messages in flight.
+
+    ``start`` begins the work of one message and returns its future answer (it never raises: a message that
+    fails is answered by an error message of the stream's own kind). A reader task takes messages while a slot is
+    free and starts each one; this generator yields the answers in order and frees a slot only once its answer is
+    written. When the model or the client's reading falls behind, the reader stops and HTTP/2 flow control slows
+    the sender. The caller needs the predict scope of ``servicer``'s authenticator; a stream open longer than
+    ``max_duration_s`` ends with DEADLINE_EXCEEDED. ``method`` names the stream's span and its metrics, ``rpc``
+    its log line.
+    """
+    try:
+        _authorize(servicer, context, "predict")
+    except ServingError as exc:
+        record_request(method, exc.code, time.perf_counter(), rejection_reason(exc))
+        await context.abort(exc.code, str(exc), trailing_metadata=_error_metadata(exc))
+    slots = asyncio.Semaphore(window)
+    started: asyncio.Queue[asyncio.Future[R] | None] = asyncio.Queue()
+
+    async def read_requests() -> None:
+        try:
+            async for data in requests:
+                await slots.acquire()
+                started.put_nowait(start(data))
+        finally:
+            started.put_nowait(None)
+
+    # One span for the whole stream; each message's queue wait and batch show as its children and links.
+    span = tracer.start_span(method, context=incoming_context(context.invocation_metadata()), kind=SpanKind.SERVER)
+    token = otel_context.attach(trace.set_span_in_context(span))
+    reader = asyncio.create_task(read_requests())
+    otel_context.detach(token)
+    answered, outcome = 0, "completed"
+    metrics.STREAMS_IN_FLIGHT.inc()
+    closes_at = asyncio.get_running_loop().time() + max_duration_s
+    try:
+        while True:
+            try:
+                # Only the waits are timed, never the yield: the write below belongs to grpc's task.
+                async with asyncio.timeout_at(closes_at):
+                    if (task := await started.get()) is None:
+                        break
+                    response = await task
+            except TimeoutError:
+                outcome = "expired"
+                message = f"stream open longer than the server's limit of {max_duration_s:g} s"
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+            yield response
+            answered += 1
+            slots.release()
+        await reader
+    except (asyncio.CancelledError, GeneratorExit):
+        # grpc cancels the handler or closes this generator when the client cancels, its deadline
+        # passes, or the server stops: the finally clause below releases the stream's work.
+        outcome = "cancelled"
+        raise
+    finally:
+        span.set_attribute("tensorgate.stream.answered", answered)
+        span.set_attribute("tensorgate.stream.outcome", outcome)
+        span.end()
+        metrics.STREAMS_IN_FLIGHT.dec()
+        reader.cancel()
+        while not started.empty():
+            if (task := started.get_nowait()) is not None:
+                task.cancel()
+        with trace.use_span(span):  # the log line carries the stream's trace id
+            log.info("stream closed", extra={"fields": {"method": rpc, "answered": answered, "outcome": outcome}})
 
 
 def _decode_inputs(tensors: Mapping[str, tensor_pb2.Tensor]) -> tuple[dict[str, np.ndarray], bool]:
@@ -216,124 +329,72 @@ class InferenceServicer:
         self.authenticator = authenticator
 
     def _time_left(self, context: grpc.aio.ServicerContext) -> float:
-        """The caller's deadline, capped by (or defaulting to) the server's maximum request timeout."""
-        remaining = context.time_remaining()
-        return self._max_request_timeout_s if remaining is None else min(remaining, self._max_request_timeout_s)
+        return request_timeout(context, self._max_request_timeout_s)
 
     @_unary
     async def predict(self, data: bytes, context: grpc.aio.ServicerContext) -> PredictResponse:
-        request = _parse(PredictRequest, data)
-        _select_model(self._registry, request.model)
+        request = parse_request(PredictRequest, data)
+        select_model(self._registry, request.model)
         inputs, raw = _decode_inputs(request.inputs)
         prediction = await self._dataplane.predict(
             request.model, request.version, inputs, request.output_filter, self._time_left(context)
         )
         response = PredictResponse(model=prediction.model, version=str(prediction.version))
-        _VERSION_LABEL.set(response.version)
+        label_version(response.version)
         _fill_outputs(response.outputs, prediction, raw)
         return response
 
     async def stream_predict(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[StreamPredictResponse]:
-        """Answer each request in arrival order, with at most ``stream_window`` in flight.
+        """Answer each request in arrival order, with at most ``stream_window`` in flight (``serve_stream``)."""
+        previous = StreamPredictRequest()
 
-        A reader task takes requests while a slot is free and starts each one;
-        this generator writes the answers in order and frees a slot only once
-        its answer is written. When the model or the client's reading falls
-        behind, the reader stops and HTTP/2 flow control slows the sender.
-        """
-        try:
-            _authorize(self, context, "predict")
-        except ServingError as exc:
-            _record("stream_predict", exc.code, time.perf_counter(), _rejection_reason(exc))
-            await context.abort(exc.code, str(exc), trailing_metadata=_error_metadata(exc))
-        slots = asyncio.Semaphore(self._stream_window)
-        started: asyncio.Queue[asyncio.Future[StreamPredictResponse] | None] = asyncio.Queue()
-
-        async def read_requests() -> None:
-            previous = StreamPredictRequest()
+        def start(data: bytes) -> asyncio.Future[StreamPredictResponse]:
+            nonlocal previous
             try:
-                async for data in requests:
-                    await slots.acquire()
-                    try:
-                        request = _parse(StreamPredictRequest, data)
-                    except ServingError as exc:
-                        started.put_nowait(_done(StreamPredictResponse(error=_status(exc))))
-                        continue
-                    if not request.model:  # a caller may name the model in the first message only
-                        request.model, request.version = previous.model, request.version or previous.version
-                    previous = request
-                    started.put_nowait(asyncio.create_task(self._answer(request, context)))
-            finally:
-                started.put_nowait(None)
+                request = parse_request(StreamPredictRequest, data)
+            except ServingError as exc:
+                return _done(StreamPredictResponse(error=_status(exc)))
+            if not request.model:  # a caller may name the model in the first message only
+                request.model, request.version = previous.model, request.version or previous.version
+            previous = request
+            return asyncio.create_task(self._answer(request, context))
 
-        # One span for the whole stream; each message's queue wait and batch show as its children and links.
-        span = tracer.start_span(
-            "stream_predict", context=incoming_context(context.invocation_metadata()), kind=SpanKind.SERVER
+        stream = serve_stream(
+            self,
+            requests,
+            context,
+            start,
+            method="stream_predict",
+            rpc="StreamPredict",
+            window=self._stream_window,
+            max_duration_s=self._max_stream_duration_s,
         )
-        token = otel_context.attach(trace.set_span_in_context(span))
-        reader = asyncio.create_task(read_requests())
-        otel_context.detach(token)
-        answered, outcome = 0, "completed"
-        metrics.STREAMS_IN_FLIGHT.inc()
-        closes_at = asyncio.get_running_loop().time() + self._max_stream_duration_s
-        try:
-            while True:
-                try:
-                    # Only the waits are timed, never the yield: the write below belongs to grpc's task.
-                    async with asyncio.timeout_at(closes_at):
-                        if (task := await started.get()) is None:
-                            break
-                        response = await task
-                except TimeoutError:
-                    outcome = "expired"
-                    message = f"stream open longer than the server's limit of {self._max_stream_duration_s:g} s"
-                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+        async with contextlib.aclosing(stream):
+            async for response in stream:
                 yield response
-                answered += 1
-                slots.release()
-            await reader
-        except (asyncio.CancelledError, GeneratorExit):
-            # grpc cancels the handler or closes this generator when the client cancels, its deadline
-            # passes, or the server stops: the finally clause below releases the stream's work.
-            outcome = "cancelled"
-            raise
-        finally:
-            span.set_attribute("tensorgate.stream.answered", answered)
-            span.set_attribute("tensorgate.stream.outcome", outcome)
-            span.end()
-            metrics.STREAMS_IN_FLIGHT.dec()
-            reader.cancel()
-            while not started.empty():
-                if (task := started.get_nowait()) is not None:
-                    task.cancel()
-            with trace.use_span(span):  # the log line carries the stream's trace id
-                log.info(
-                    "stream closed",
-                    extra={"fields": {"method": "StreamPredict", "answered": answered, "outcome": outcome}},
-                )
 
     async def _answer(self, request: StreamPredictRequest, context: grpc.aio.ServicerContext) -> StreamPredictResponse:
         started, code, rejection = time.perf_counter(), grpc.StatusCode.OK, ""
         response = StreamPredictResponse(id=request.id, model=request.model)
         try:
-            _select_model(self._registry, request.model)
+            select_model(self._registry, request.model)
             inputs, raw = _decode_inputs(request.inputs)
             prediction = await self._dataplane.predict(
                 request.model, request.version, inputs, request.output_filter, self._time_left(context)
             )
             response.version = str(prediction.version)
-            _VERSION_LABEL.set(response.version)
+            label_version(response.version)
             _fill_outputs(response.outputs, prediction, raw)
         except ServingError as exc:
-            code, rejection = exc.code, _rejection_reason(exc)
+            code, rejection = exc.code, rejection_reason(exc)
             response.error.CopyFrom(_status(exc))
         except Exception:
             code = grpc.StatusCode.INTERNAL
             log.exception("unexpected error in a StreamPredict request", extra={"fields": {"id": request.id}})
             response.error.CopyFrom(status_pb2.Status(code=code.value[0], message="internal error"))
-        _record("stream_predict", code, started, rejection)
+        record_request("stream_predict", code, started, rejection)
         return response
 
 
@@ -381,7 +442,7 @@ class ModelServicer:
 
     @_unary
     async def list_models(self, data: bytes, context: grpc.aio.ServicerContext) -> ListModelsResponse:
-        _parse(ListModelsRequest, data)
+        parse_request(ListModelsRequest, data)
         principal = _PRINCIPAL.get()
         names = [
             n
@@ -392,36 +453,36 @@ class ModelServicer:
 
     @_unary
     async def load_model(self, data: bytes, context: grpc.aio.ServicerContext) -> LoadModelResponse:
-        request = _parse(LoadModelRequest, data)
-        _select_model(self._registry, request.model)
+        request = parse_request(LoadModelRequest, data)
+        select_model(self._registry, request.model)
         await self._manager.load(_required_model(request.model), request.version)
         return LoadModelResponse(model=self._model(request.model))
 
     @_unary
     async def unload_model(self, data: bytes, context: grpc.aio.ServicerContext) -> UnloadModelResponse:
-        request = _parse(UnloadModelRequest, data)
-        _select_model(self._registry, request.model)
+        request = parse_request(UnloadModelRequest, data)
+        select_model(self._registry, request.model)
         await self._manager.unload(_required_model(request.model), request.version)
         return UnloadModelResponse(model=self._model(request.model))
 
     @_unary
     async def reload_model(self, data: bytes, context: grpc.aio.ServicerContext) -> ReloadModelResponse:
-        request = _parse(ReloadModelRequest, data)
-        _select_model(self._registry, request.model)
+        request = parse_request(ReloadModelRequest, data)
+        select_model(self._registry, request.model)
         await self._manager.reload(_required_model(request.model), request.version)
         return ReloadModelResponse(model=self._model(request.model))
 
     @_unary
     async def set_model_labels(self, data: bytes, context: grpc.aio.ServicerContext) -> SetModelLabelsResponse:
-        request = _parse(SetModelLabelsRequest, data)
-        _select_model(self._registry, request.model)
+        request = parse_request(SetModelLabelsRequest, data)
+        select_model(self._registry, request.model)
         await self._manager.set_labels(_required_model(request.model), dict(request.labels))
         return SetModelLabelsResponse(model=self._model(request.model))
 
     @_unary
     async def get_model_status(self, data: bytes, context: grpc.aio.ServicerContext) -> GetModelStatusResponse:
-        request = _parse(GetModelStatusRequest, data)
-        _select_model(self._registry, request.model)
+        request = parse_request(GetModelStatusRequest, data)
+        select_model(self._registry, request.model)
         if not request.model:
             raise InvalidArgumentError("model is required")
         if request.version:
@@ -437,8 +498,8 @@ class ModelServicer:
 
     @_unary
     async def get_model_metadata(self, data: bytes, context: grpc.aio.ServicerContext) -> GetModelMetadataResponse:
-        request = _parse(GetModelMetadataRequest, data)
-        _select_model(self._registry, request.model)
+        request = parse_request(GetModelMetadataRequest, data)
+        select_model(self._registry, request.model)
         version = self._registry.resolve(request.model, request.version)
         assert version.servable is not None
         signature = version.servable.signature
@@ -451,7 +512,8 @@ class ModelServicer:
         )
 
 
-def _unary_handlers(methods: dict[str, tuple[BoundHandler, type[Message]]]) -> dict[str, grpc.RpcMethodHandler]:
+def unary_handlers(methods: dict[str, tuple[BoundHandler, type[Message]]]) -> dict[str, grpc.RpcMethodHandler]:
+    """gRPC method handlers of unary methods that take the request as bytes (the handler parses it)."""
     return {
         name: grpc.unary_unary_rpc_method_handler(handler, response_serializer=response.SerializeToString)
         for name, (handler, response) in methods.items()
@@ -460,11 +522,11 @@ def _unary_handlers(methods: dict[str, tuple[BoundHandler, type[Message]]]) -> d
 
 def generic_handlers(inference: InferenceServicer, models: ModelServicer) -> list[grpc.GenericRpcHandler]:
     """Method handlers for both services; requests stay bytes until the servicer parses them."""
-    inference_methods = _unary_handlers({"Predict": (inference.predict, PredictResponse)})
+    inference_methods = unary_handlers({"Predict": (inference.predict, PredictResponse)})
     inference_methods["StreamPredict"] = grpc.stream_stream_rpc_method_handler(
         inference.stream_predict, response_serializer=StreamPredictResponse.SerializeToString
     )
-    model_methods = _unary_handlers(
+    model_methods = unary_handlers(
         {
             "ListModels": (models.list_models, ListModelsResponse),
             "GetModelStatus": (models.get_model_status, GetModelStatusResponse),

@@ -66,7 +66,7 @@ ALLOWED_CODES: frozenset[grpc.StatusCode] = frozenset(
     {
         # The fuzzed request happens to be valid (a mutation inside an image's pixels, a well-formed request).
         Code.OK,
-        # InvalidArgumentError: bytes that do not parse (grpc_services._parse), a tensor that does not decode
+        # InvalidArgumentError: bytes that do not parse (grpc_services.parse_request), a tensor that does not decode
         # (codec: dtype, shape, encodings, counts), inputs that do not fit the signature or the limits
         # (validation: names, dtypes, shapes, NaN), a missing model name or a version that is not a number.
         Code.INVALID_ARGUMENT,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,6 +100,19 @@ def element_count(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 
 
+def checked_shape(dims: Iterable[int], name: str = "tensor") -> tuple[int, ...]:
+    """``dims`` as a shape NumPy can hold: TensorCodecError naming ``name`` for too many dimensions, a negative
+    one, or more elements than NumPy can describe."""
+    shape = tuple(dims)
+    if len(shape) > MAX_RANK:
+        raise TensorCodecError(f"{name}: shape has {len(shape)} dimensions, more than {MAX_RANK}")
+    if any(dim < 0 for dim in shape):
+        raise TensorCodecError(f"{name}: shape {list(shape)} has a negative dimension")
+    if math.prod(dim for dim in shape if dim) >= MAX_ELEMENTS:  # an empty tensor may not overflow either
+        raise TensorCodecError(f"{name}: shape {list(shape)} is too large")
+    return shape
+
+
 def decode(tensor: Tensor, name: str = "tensor") -> np.ndarray:
     """Decode a Tensor into an array of its declared dtype and shape.
 
@@ -109,13 +123,7 @@ def decode(tensor: Tensor, name: str = "tensor") -> np.ndarray:
     info = _DTYPES.get(tensor.dtype)
     if info is None:
         raise TensorCodecError(f"{name}: dtype is {dtype_name(tensor.dtype)}; set one of {', '.join(sorted(_BY_NAME))}")
-    shape = tuple(tensor.shape)
-    if len(shape) > MAX_RANK:
-        raise TensorCodecError(f"{name}: shape has {len(shape)} dimensions, more than {MAX_RANK}")
-    if any(dim < 0 for dim in shape):
-        raise TensorCodecError(f"{name}: shape {list(shape)} has a negative dimension")
-    if math.prod(dim for dim in shape if dim) >= MAX_ELEMENTS:  # an empty tensor may not overflow either
-        raise TensorCodecError(f"{name}: shape {list(shape)} is too large")
+    shape = checked_shape(tensor.shape, name)
     count = element_count(shape)
     used = [field for field in _TYPED_FIELDS if len(getattr(tensor, field))]
     if tensor.raw_contents:

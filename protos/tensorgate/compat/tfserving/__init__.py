@@ -1,0 +1,1 @@
+"""Generated messages of the TensorFlow Serving API (package ``tensorflow.serving``; they import TensorFlow's own)."""

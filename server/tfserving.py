@@ -1,0 +1,205 @@
+"""The TensorFlow Serving API on tensorgate's gRPC port: ``tensorflow.serving.PredictionService`` (Predict,
+GetModelMetadata) and ``tensorflow.serving.ModelService`` (GetModelStatus).
+
+Code written against TF Serving (``tensorflow_serving.apis`` stubs, inputs made
+with ``tf.make_tensor_proto``) calls this server unchanged. Each handler decodes
+TensorProtos into NumPy (``tfserving_codec``), calls the same ``DataPlane`` as
+tensorgate.v1 and encodes the answer back, inside the same ``rpc_method``
+wrapper (span, authorization, gRPC status of each error, metrics).
+
+How tensorgate answers where it differs from a TF Serving model server:
+
+* a model serves one signature (the server's ``signature_name``, by default
+  ``serving_default``): a request naming it, or none, gets it; another name is
+  INVALID_ARGUMENT. ``ModelSpec.version`` and ``version_label`` select a version
+  as tensorgate's version numbers and labels do.
+* GetModelMetadata returns that one signature as ``signature_def`` (method
+  ``tensorflow/serving/predict``; each TensorInfo's ``name`` is the signature
+  key, since tensorgate does not keep the graph's tensor names).
+* GetModelStatus reports LOADING, AVAILABLE and UNLOADING as TF Serving does,
+  and a version that failed to load as END with the reason in ``status``.
+* Classify, Regress, MultiInference and the ModelService admin methods are not
+  in the vendored services, so gRPC answers them UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import grpc
+from tensorflow.core.framework import tensor_shape_pb2
+from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
+
+from tensorgate.compat.tfserving import model_service_pb2, prediction_service_pb2
+from tensorgate.compat.tfserving.get_model_metadata_pb2 import (
+    GetModelMetadataRequest,
+    GetModelMetadataResponse,
+    SignatureDefMap,
+)
+from tensorgate.compat.tfserving.get_model_status_pb2 import (
+    GetModelStatusRequest,
+    GetModelStatusResponse,
+    ModelVersionStatus,
+)
+from tensorgate.compat.tfserving.model_pb2 import ModelSpec
+from tensorgate.compat.tfserving.predict_pb2 import PredictRequest, PredictResponse
+from tensorgate.server.auth import Authenticator
+from tensorgate.server.dataplane import DataPlane
+from tensorgate.server.errors import InvalidArgumentError, NotFoundError
+from tensorgate.server.grpc_services import (
+    label_version,
+    parse_request,
+    request_timeout,
+    rpc_method,
+    select_model,
+    unary_handlers,
+)
+from tensorgate.server.registry import ModelRegistry, ModelVersion, VersionState
+from tensorgate.server.signature import Signature, TensorInfo
+from tensorgate.server.tfserving_codec import decode, encode_into, tf_dtype_of
+
+PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
+MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+PREDICT_METHOD_NAME = "tensorflow/serving/predict"
+SIGNATURE_DEF_FIELD = "signature_def"
+
+_STATES = {
+    VersionState.LOADING: ModelVersionStatus.LOADING,
+    VersionState.AVAILABLE: ModelVersionStatus.AVAILABLE,
+    VersionState.UNLOADING: ModelVersionStatus.UNLOADING,
+    VersionState.FAILED: ModelVersionStatus.END,
+}
+
+
+def _version(spec: ModelSpec) -> str:
+    """The version a ModelSpec names, as tensorgate writes it: a number, a label, or "" for the newest."""
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return str(spec.version.value)
+    return spec.version_label if choice == "version_label" else ""
+
+
+def _signature(version: ModelVersion, requested: str) -> Signature:
+    assert version.servable is not None, "the registry resolves only AVAILABLE versions, which hold a servable"
+    signature = version.servable.signature
+    if requested and requested != signature.name:
+        raise InvalidArgumentError(
+            f"model {version.model!r} has no signature {requested!r}; it serves {signature.name!r}"
+        )
+    return signature
+
+
+def _tensor_info(info: TensorInfo) -> meta_graph_pb2.TensorInfo:
+    shape = tensor_shape_pb2.TensorShapeProto(unknown_rank=info.shape is None)
+    shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in info.shape or ())
+    return meta_graph_pb2.TensorInfo(name=info.name, dtype=tf_dtype_of(info.dtype), tensor_shape=shape)
+
+
+def _signature_def(signature: Signature) -> meta_graph_pb2.SignatureDef:
+    definition = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD_NAME)
+    for name, info in signature.inputs.items():
+        definition.inputs[name].CopyFrom(_tensor_info(info))
+    for name, info in signature.outputs.items():
+        definition.outputs[name].CopyFrom(_tensor_info(info))
+    return definition
+
+
+def _version_status(version: ModelVersion) -> ModelVersionStatus:
+    status = ModelVersionStatus(version=version.version, state=_STATES[version.state])
+    status.status.SetInParent()  # error_code OK, as TF Serving sends it
+    if version.state is VersionState.FAILED:
+        status.status.error_code = error_codes_pb2.UNKNOWN
+        status.status.error_message = version.error
+    return status
+
+
+class TFServingServicer:
+    """tensorflow.serving.PredictionService and ModelService over the registry and data plane of tensorgate.v1."""
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        registry: ModelRegistry,
+        max_request_timeout_s: float,
+        max_tensor_elements: int,
+        authenticator: Authenticator | None = None,
+    ) -> None:
+        self._dataplane = dataplane
+        self._registry = registry
+        self._max_request_timeout_s = max_request_timeout_s
+        self._max_tensor_elements = max_tensor_elements
+        self.authenticator = authenticator
+
+    @rpc_method("tfserving_predict")
+    async def predict(self, data: bytes, context: grpc.aio.ServicerContext) -> PredictResponse:
+        request = parse_request(PredictRequest, data)
+        spec = request.model_spec
+        select_model(self._registry, spec.name)
+        # Resolve first, to check the signature, and then ask the data plane for that very version.
+        version = self._registry.resolve(spec.name, _version(spec))
+        signature = _signature(version, spec.signature_name)
+        inputs = {
+            name: decode(tensor, f"input {name!r}", self._max_tensor_elements)
+            for name, tensor in request.inputs.items()
+        }
+        prediction = await self._dataplane.predict(
+            spec.name,
+            str(version.version),
+            inputs,
+            request.output_filter,
+            request_timeout(context, self._max_request_timeout_s),
+        )
+        label_version(prediction.version)
+        response = PredictResponse()
+        response.model_spec.name = prediction.model
+        response.model_spec.version.value = prediction.version
+        response.model_spec.signature_name = signature.name
+        for name, array in prediction.outputs.items():
+            encode_into(array, response.outputs[name])
+        return response
+
+    @rpc_method("tfserving_get_model_metadata")
+    async def get_model_metadata(self, data: bytes, context: grpc.aio.ServicerContext) -> GetModelMetadataResponse:
+        request = parse_request(GetModelMetadataRequest, data)
+        spec = request.model_spec
+        select_model(self._registry, spec.name)
+        if not request.metadata_field:
+            raise InvalidArgumentError(f"metadata_field is required; the one supported is {SIGNATURE_DEF_FIELD!r}")
+        for field in request.metadata_field:
+            if field != SIGNATURE_DEF_FIELD:
+                raise InvalidArgumentError(f"metadata field {field!r} is not supported; use {SIGNATURE_DEF_FIELD!r}")
+        version = self._registry.resolve(spec.name, _version(spec))
+        signature = _signature(version, "")
+        signatures = SignatureDefMap()
+        signatures.signature_def[signature.name].CopyFrom(_signature_def(signature))
+        response = GetModelMetadataResponse()
+        response.model_spec.name = version.model
+        response.model_spec.version.value = version.version
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(signatures)
+        return response
+
+    @rpc_method("tfserving_get_model_status")
+    async def get_model_status(self, data: bytes, context: grpc.aio.ServicerContext) -> GetModelStatusResponse:
+        request = parse_request(GetModelStatusRequest, data)
+        spec = request.model_spec
+        select_model(self._registry, spec.name)
+        if not spec.name:
+            raise InvalidArgumentError("model_spec.name is required")
+        version = _version(spec)
+        versions = [self._registry.find(spec.name, version)] if version else self._registry.versions(spec.name)
+        if not versions:
+            raise NotFoundError(f"model {spec.name!r} has no version")
+        return GetModelStatusResponse(model_version_status=[_version_status(v) for v in versions])
+
+
+def generic_handlers(servicer: TFServingServicer) -> list[grpc.GenericRpcHandler]:
+    """Method handlers of both services; requests stay bytes until the servicer parses them."""
+    prediction = unary_handlers(
+        {
+            "Predict": (servicer.predict, PredictResponse),
+            "GetModelMetadata": (servicer.get_model_metadata, GetModelMetadataResponse),
+        }
+    )
+    models = unary_handlers({"GetModelStatus": (servicer.get_model_status, GetModelStatusResponse)})
+    return [
+        grpc.method_handlers_generic_handler(PREDICTION_SERVICE, prediction),
+        grpc.method_handlers_generic_handler(MODEL_SERVICE, models),
+    ]
