@@ -27,6 +27,7 @@ from tensorgate.server.devices import configure_tensorflow
 from tensorgate.server.grpc_services import (
     INFERENCE_SERVICE,
     MODEL_SERVICE,
+    CallLimits,
     InferenceServicer,
     ModelServicer,
     generic_handlers,
@@ -65,31 +66,16 @@ async def serve(config: ServerConfig) -> None:
             ("grpc.so_reuseport", 0),
         ]
     )
+    limits = CallLimits(config.stream_window, config.max_stream_duration_s, config.max_request_timeout_s)
     server.add_generic_rpc_handlers(
         generic_handlers(
-            InferenceServicer(
-                dataplane,
-                registry,
-                config.stream_window,
-                config.max_stream_duration_s,
-                config.max_request_timeout_s,
-                authenticator,
-            ),
+            InferenceServicer(dataplane, registry, limits, authenticator),
             ModelServicer(registry, manager, authenticator),
         )
     )
     # The same data plane and registry under the protocols of other model servers, for their existing clients.
-    v2 = kserve_v2.KServeV2Servicer(
-        dataplane,
-        registry,
-        config.stream_window,
-        config.max_stream_duration_s,
-        config.max_request_timeout_s,
-        authenticator,
-    )
-    tfs = tfserving.TFServingServicer(
-        dataplane, registry, config.max_request_timeout_s, config.max_tensor_elements, authenticator
-    )
+    v2 = kserve_v2.KServeV2Servicer(dataplane, registry, limits, authenticator)
+    tfs = tfserving.TFServingServicer(dataplane, registry, limits, config.max_tensor_elements, authenticator)
     server.add_generic_rpc_handlers([kserve_v2.generic_handler(v2), *tfserving.generic_handlers(tfs)])
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

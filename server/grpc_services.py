@@ -9,7 +9,7 @@ The servicers of the other protocols on the same port (``kserve_v2``,
 ``tfserving``) share this module's machinery: ``rpc_method`` (span,
 authorization, status mapping, metrics), ``serve_stream`` (a bidirectional
 stream's window and time limit), ``parse_request``, ``select_model``,
-``label_version``, ``record_request``, ``request_timeout`` and ``unary_handlers``.
+``label_version``, ``record_request``, ``CallLimits`` and ``unary_handlers``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
@@ -199,10 +200,18 @@ def record_request(method: str, code: grpc.StatusCode, started: float, rejection
         metrics.REJECTED.labels(reason=rejection).inc()
 
 
-def request_timeout(context: grpc.aio.ServicerContext, max_request_timeout_s: float) -> float:
-    """The caller's deadline, capped by (or defaulting to) the server's maximum request timeout."""
-    remaining = context.time_remaining()
-    return max_request_timeout_s if remaining is None else min(remaining, max_request_timeout_s)
+@dataclass(frozen=True)
+class CallLimits:
+    """The limits every service on the port holds its calls to (from the server's configuration)."""
+
+    stream_window: int  # requests of one stream worked on at once
+    max_stream_duration_s: float  # longest a stream may stay open
+    max_request_timeout_s: float  # deadline of a call that sets none, and the most one may set
+
+    def time_left(self, context: grpc.aio.ServicerContext) -> float:
+        """The caller's deadline, capped by (or defaulting to) the server's maximum request timeout."""
+        remaining = context.time_remaining()
+        return self.max_request_timeout_s if remaining is None else min(remaining, self.max_request_timeout_s)
 
 
 async def serve_stream(
@@ -316,20 +325,13 @@ class InferenceServicer:
         self,
         dataplane: DataPlane,
         registry: ModelRegistry,
-        stream_window: int,
-        max_stream_duration_s: float,
-        max_request_timeout_s: float,
+        limits: CallLimits,
         authenticator: Authenticator | None = None,
     ) -> None:
         self._dataplane = dataplane
         self._registry = registry
-        self._stream_window = stream_window
-        self._max_stream_duration_s = max_stream_duration_s
-        self._max_request_timeout_s = max_request_timeout_s
+        self._limits = limits
         self.authenticator = authenticator
-
-    def _time_left(self, context: grpc.aio.ServicerContext) -> float:
-        return request_timeout(context, self._max_request_timeout_s)
 
     @_unary
     async def predict(self, data: bytes, context: grpc.aio.ServicerContext) -> PredictResponse:
@@ -337,7 +339,7 @@ class InferenceServicer:
         select_model(self._registry, request.model)
         inputs, raw = _decode_inputs(request.inputs)
         prediction = await self._dataplane.predict(
-            request.model, request.version, inputs, request.output_filter, self._time_left(context)
+            request.model, request.version, inputs, request.output_filter, self._limits.time_left(context)
         )
         response = PredictResponse(model=prediction.model, version=str(prediction.version))
         label_version(response.version)
@@ -368,8 +370,8 @@ class InferenceServicer:
             start,
             method="stream_predict",
             rpc="StreamPredict",
-            window=self._stream_window,
-            max_duration_s=self._max_stream_duration_s,
+            window=self._limits.stream_window,
+            max_duration_s=self._limits.max_stream_duration_s,
         )
         async with contextlib.aclosing(stream):
             async for response in stream:
@@ -382,7 +384,7 @@ class InferenceServicer:
             select_model(self._registry, request.model)
             inputs, raw = _decode_inputs(request.inputs)
             prediction = await self._dataplane.predict(
-                request.model, request.version, inputs, request.output_filter, self._time_left(context)
+                request.model, request.version, inputs, request.output_filter, self._limits.time_left(context)
             )
             response.version = str(prediction.version)
             label_version(response.version)

@@ -57,11 +57,11 @@ from tensorgate.server.auth import Authenticator
 from tensorgate.server.dataplane import DataPlane
 from tensorgate.server.errors import NotFoundError, ServingError, UnavailableError
 from tensorgate.server.grpc_services import (
+    CallLimits,
     label_version,
     parse_request,
     record_request,
     rejection_reason,
-    request_timeout,
     rpc_method,
     select_model,
     serve_stream,
@@ -92,16 +92,12 @@ class KServeV2Servicer:
         self,
         dataplane: DataPlane,
         registry: ModelRegistry,
-        stream_window: int,
-        max_stream_duration_s: float,
-        max_request_timeout_s: float,
+        limits: CallLimits,
         authenticator: Authenticator | None = None,
     ) -> None:
         self._dataplane = dataplane
         self._registry = registry
-        self._stream_window = stream_window
-        self._max_stream_duration_s = max_stream_duration_s
-        self._max_request_timeout_s = max_request_timeout_s
+        self._limits = limits
         self.authenticator = authenticator
         self._version = importlib.metadata.version("tensorgate")
 
@@ -164,7 +160,7 @@ class KServeV2Servicer:
             request.model_version,
             inputs,
             [output.name for output in request.outputs],
-            request_timeout(context, self._max_request_timeout_s),
+            self._limits.time_left(context),
         )
         label_version(prediction.version)
         response = ModelInferResponse(model_name=prediction.model, model_version=str(prediction.version), id=request.id)
@@ -186,8 +182,8 @@ class KServeV2Servicer:
             start,
             method=STREAM_METHOD,
             rpc="ModelStreamInfer",
-            window=self._stream_window,
-            max_duration_s=self._max_stream_duration_s,
+            window=self._limits.stream_window,
+            max_duration_s=self._limits.max_stream_duration_s,
         )
         async with contextlib.aclosing(stream):
             async for response in stream:

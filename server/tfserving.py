@@ -45,9 +45,9 @@ from tensorgate.server.auth import Authenticator
 from tensorgate.server.dataplane import DataPlane
 from tensorgate.server.errors import InvalidArgumentError, NotFoundError
 from tensorgate.server.grpc_services import (
+    CallLimits,
     label_version,
     parse_request,
-    request_timeout,
     rpc_method,
     select_model,
     unary_handlers,
@@ -118,13 +118,13 @@ class TFServingServicer:
         self,
         dataplane: DataPlane,
         registry: ModelRegistry,
-        max_request_timeout_s: float,
+        limits: CallLimits,
         max_tensor_elements: int,
         authenticator: Authenticator | None = None,
     ) -> None:
         self._dataplane = dataplane
         self._registry = registry
-        self._max_request_timeout_s = max_request_timeout_s
+        self._limits = limits
         self._max_tensor_elements = max_tensor_elements
         self.authenticator = authenticator
 
@@ -145,7 +145,7 @@ class TFServingServicer:
             str(version.version),
             inputs,
             request.output_filter,
-            request_timeout(context, self._max_request_timeout_s),
+            self._limits.time_left(context),
         )
         label_version(prediction.version)
         response = PredictResponse()
