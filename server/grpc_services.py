@@ -222,25 +222,24 @@ async def serve_stream(
     *,
     method: str,
     rpc: str,
-    window: int,
-    max_duration_s: float,
+    limits: CallLimits,
 ) -> AsyncGenerator[R, None]:
-    """The answers of a bidirectional stream, in arrival order, with at most ``window`` messages in flight.
+    """The answers of a bidirectional stream, in arrival order, with at most ``limits.stream_window`` in flight.
 
     ``start`` begins the work of one message and returns its future answer (it never raises: a message that
     fails is answered by an error message of the stream's own kind). A reader task takes messages while a slot is
     free and starts each one; this generator yields the answers in order and frees a slot only once its answer is
     written. When the model or the client's reading falls behind, the reader stops and HTTP/2 flow control slows
     the sender. The caller needs the predict scope of ``servicer``'s authenticator; a stream open longer than
-    ``max_duration_s`` ends with DEADLINE_EXCEEDED. ``method`` names the stream's span and its metrics, ``rpc``
-    its log line.
+    ``limits.max_stream_duration_s`` ends with DEADLINE_EXCEEDED. ``method`` names the stream's span and its
+    metrics, ``rpc`` its log line.
     """
     try:
         _authorize(servicer, context, "predict")
     except ServingError as exc:
         record_request(method, exc.code, time.perf_counter(), rejection_reason(exc))
         await context.abort(exc.code, str(exc), trailing_metadata=_error_metadata(exc))
-    slots = asyncio.Semaphore(window)
+    slots = asyncio.Semaphore(limits.stream_window)
     started: asyncio.Queue[asyncio.Future[R] | None] = asyncio.Queue()
 
     async def read_requests() -> None:
@@ -258,7 +257,7 @@ async def serve_stream(
     otel_context.detach(token)
     answered, outcome = 0, "completed"
     metrics.STREAMS_IN_FLIGHT.inc()
-    closes_at = asyncio.get_running_loop().time() + max_duration_s
+    closes_at = asyncio.get_running_loop().time() + limits.max_stream_duration_s
     try:
         while True:
             try:
@@ -269,7 +268,7 @@ async def serve_stream(
                     response = await task
             except TimeoutError:
                 outcome = "expired"
-                message = f"stream open longer than the server's limit of {max_duration_s:g} s"
+                message = f"stream open longer than the server's limit of {limits.max_stream_duration_s:g} s"
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message)
             yield response
             answered += 1
@@ -370,8 +369,7 @@ class InferenceServicer:
             start,
             method="stream_predict",
             rpc="StreamPredict",
-            window=self._limits.stream_window,
-            max_duration_s=self._limits.max_stream_duration_s,
+            limits=self._limits,
         )
         async with contextlib.aclosing(stream):
             async for response in stream:

@@ -182,8 +182,7 @@ class KServeV2Servicer:
             start,
             method=STREAM_METHOD,
             rpc="ModelStreamInfer",
-            window=self._limits.stream_window,
-            max_duration_s=self._limits.max_stream_duration_s,
+            limits=self._limits,
         )
         async with contextlib.aclosing(stream):
             async for response in stream:
