@@ -7,6 +7,18 @@ or when its oldest request has waited ``max_queue_delay_us``. While every
 worker is busy the queue keeps filling, so batches grow with the load. Each
 request's slice of the outputs goes back to its caller.
 
+Two things adapt to what is measured, never to a guess:
+
+* Batches grow with load (``adaptive_delay_us``): while recent batches held
+  several requests, arrivals are dense, and a batch short of the recent size
+  waits a little longer for more. At low load the recent size is 1 and no batch
+  ever waits, so a lone caller's latency does not rise.
+* Where the model runs: a model whose measured calls are cheap enough
+  (``INLINE_BUDGET_S`` for the batch at hand) is called on the event loop,
+  saving the hand-off to a worker thread and back; anything slower runs on the
+  worker pool so that the loop keeps answering. The first calls always run on
+  the pool, since nothing is measured yet.
+
 A full queue refuses at once (RESOURCE_EXHAUSTED with a retry hint) instead
 of blocking; requests whose caller cancelled or whose deadline passed are
 dropped before the model sees them.
@@ -36,6 +48,10 @@ from tensorgate.server.tracing import child_span, tracer
 log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
+# A model call expected to take at most this long (measured time per example times examples) runs on the event loop.
+# Below it, the thread hand-off costs more than the call; above it, other requests would wait on the loop.
+INLINE_BUDGET_S = 0.0005
+_SMOOTHING = 0.2  # weight of the newest measurement in the running averages below
 
 
 class BatchingConfig(BaseModel):
@@ -51,6 +67,14 @@ class BatchingConfig(BaseModel):
         description=(
             "Longest a request waits for others to join its batch, in microseconds. 0 (Triton's default) merges "
             "only what queued while the workers were busy: no added latency at low load, big batches under load."
+        ),
+    )
+    adaptive_delay_us: int = Field(
+        500,
+        ge=0,
+        description=(
+            "Longest a request may wait for a batch as full as the recent ones, in microseconds, when arrivals are "
+            "dense (recent batches held several requests); never at low load. 0 turns it off."
         ),
     )
     max_queue_size: int = Field(
@@ -97,11 +121,16 @@ class Batcher:
         self._executor = executor
         self._max_batch = config.max_batch_size if config.enabled and _batchable(servable) else 1
         self._max_delay_s = config.max_queue_delay_us / 1e6 if self._max_batch > 1 else 0.0
+        self._adaptive_delay_s = config.adaptive_delay_us / 1e6 if self._max_batch > 1 else 0.0
         self._queue: deque[_Request] = deque()
         self._arrived = asyncio.Event()
+        self._wake_at = 1  # queue length at which an arrival wakes the batch loop
+        self._forming: list[_Request] = []  # taken from the queue for the batch being formed
         self._free_workers = asyncio.Semaphore(workers)
         self._running: set[asyncio.Task[None]] = set()
         self._recent_batch_s = 0.01
+        self._recent_requests = 1.0  # requests per batch, running average: how dense arrivals are
+        self._seconds_per_example: float | None = None  # model call time, running average; None until measured
         labels = {"model": model, "version": str(version)}
         self._name = f"{model}/{version}"
         self._depth = metrics.QUEUE_DEPTH.labels(**labels)
@@ -133,7 +162,8 @@ class Batcher:
         request = _Request(inputs, size, shapes, deadline, asyncio.get_running_loop().create_future())
         self._queue.append(request)
         self._depth.set(len(self._queue))
-        self._arrived.set()
+        if len(self._queue) >= self._wake_at:
+            self._arrived.set()
         return await request.future  # cancelling the caller cancels the future: the batch loop skips it
 
     async def drain(self) -> None:
@@ -142,7 +172,7 @@ class Batcher:
         Call it once the version no longer resolves for new requests: nothing
         can join the queue any more, so it empties.
         """
-        while self._queue or self._running:
+        while self._queue or self._forming or self._running:
             await asyncio.sleep(0.005)
         await self.close()
 
@@ -160,38 +190,66 @@ class Batcher:
         while True:
             await self._free_workers.acquire()
             batch = await self._form_batch()
-            task = asyncio.create_task(self._execute(batch))
+            if self._runs_inline(sum(r.size for r in batch)):
+                # On the loop: the next batch forms from what arrived meanwhile.
+                await self._execute(batch, inline=True)
+                continue
+            task = asyncio.create_task(self._execute(batch, inline=False))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    def _runs_inline(self, examples: int) -> bool:
+        """Whether a call on ``examples`` is expected to fit ``INLINE_BUDGET_S`` (from measured calls)."""
+        return self._seconds_per_example is not None and self._seconds_per_example * examples <= INLINE_BUDGET_S
 
     async def _form_batch(self) -> list[_Request]:
         first = await self._next_live()
         batch, total = [first], first.size
+        self._forming = batch
         closes_at = first.enqueued + self._max_delay_s
-        while total < self._max_batch:
-            request = self._take_compatible(first.shapes, self._max_batch - total)
-            if request is not None:
-                batch.append(request)
-                total += request.size
-                continue
-            if time.monotonic() >= closes_at:
-                break
-            await self._wait_for_arrival(closes_at)
+        # Dense arrivals: wait (briefly) for as many requests as recent batches held.
+        wanted = round(self._recent_requests)
+        if wanted > 1 and self._adaptive_delay_s > self._max_delay_s:
+            adaptive_closes_at = first.enqueued + self._adaptive_delay_s
+        else:
+            adaptive_closes_at = closes_at
+        try:
+            while total < self._max_batch:
+                request = self._take_compatible(first.shapes, self._max_batch - total)
+                if request is not None:
+                    batch.append(request)
+                    total += request.size
+                    continue
+                now = time.monotonic()
+                if now < closes_at:
+                    await self._wait_for_arrival(closes_at, 1)
+                elif len(batch) < wanted and now < adaptive_closes_at:
+                    await self._wait_for_arrival(adaptive_closes_at, wanted - len(batch))
+                else:
+                    break
+        except asyncio.CancelledError:
+            self._queue.extendleft(reversed(batch))  # closing: ``close`` answers them with the rest of the queue
+            raise
+        finally:
+            self._forming = []
+        self._recent_requests += _SMOOTHING * (len(batch) - self._recent_requests)
         self._depth.set(len(self._queue))
         return batch
 
-    async def _wait_for_arrival(self, until: float) -> None:
-        """Sleep until a request arrives or ``until`` (monotonic) passes, whichever is first.
+    async def _wait_for_arrival(self, until: float, count: int) -> None:
+        """Sleep until ``count`` requests have queued or ``until`` (monotonic) passes, whichever is first.
 
         A plain timer on the event; ``asyncio.wait_for`` would create a task per wait.
         """
         self._arrived.clear()
+        self._wake_at = count
         loop = asyncio.get_running_loop()
         timer = loop.call_at(loop.time() + (until - time.monotonic()), self._arrived.set)
         try:
             await self._arrived.wait()
         finally:
             timer.cancel()
+            self._wake_at = 1
 
     async def _next_live(self) -> _Request:
         while True:
@@ -236,7 +294,7 @@ class Batcher:
             return False
         return True
 
-    async def _execute(self, batch: list[_Request]) -> None:
+    async def _execute(self, batch: list[_Request], inline: bool) -> None:
         try:
             started = time.monotonic()
             examples = sum(r.size for r in batch)
@@ -251,7 +309,7 @@ class Batcher:
                     else nullcontext()
                 )
                 with batch_span:
-                    outputs = await self._run([r.inputs for r in batch], examples)
+                    outputs = await self._run([r.inputs for r in batch], examples, inline)
             except Exception as exc:
                 if len(batch) == 1:
                     _fail(batch[0], exc)
@@ -259,7 +317,7 @@ class Batcher:
                 # One request can break a merged call; run each alone so that only it fails.
                 for request in batch:
                     try:
-                        _answer(request, await self._run([request.inputs], request.size))
+                        _answer(request, await self._run([request.inputs], request.size, inline))
                     except Exception as alone_exc:
                         _fail(request, alone_exc)
                 return
@@ -272,8 +330,9 @@ class Batcher:
         finally:
             self._free_workers.release()
 
-    async def _run(self, parts: list[Mapping[str, np.ndarray]], examples: int) -> Outputs:
-        """One model call on the concatenated parts, padded to a preferred size when configured.
+    async def _run(self, parts: list[Mapping[str, np.ndarray]], examples: int, inline: bool) -> Outputs:
+        """One model call on the concatenated parts, padded to a preferred size when configured, on the event loop
+        (``inline``) or on the worker pool.
 
         Outputs are cut back to ``examples`` rows when padding was added.
         """
@@ -284,15 +343,30 @@ class Batcher:
         padded = _padded_size(examples, self._config.preferred_batch_sizes) if self._max_batch > 1 else examples
         if padded > examples:
             inputs = {name: _pad(value, padded) for name, value in inputs.items()}
-        started = time.monotonic()
         with child_span("model", attributes={"tensorgate.padded_batch_size": padded}):
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._servable.predict, inputs)
-        self._compute_seconds.observe(time.monotonic() - started)
+            if inline:
+                outputs, seconds = _timed_call(self._servable, inputs)
+            else:
+                loop = asyncio.get_running_loop()
+                outputs, seconds = await loop.run_in_executor(self._executor, _timed_call, self._servable, inputs)
+        self._compute_seconds.observe(seconds)
+        per_example = seconds / padded
+        previous = self._seconds_per_example
+        self._seconds_per_example = (
+            per_example if previous is None else previous + _SMOOTHING * (per_example - previous)
+        )
         self._batch_size.observe(examples)
         self._examples.inc(examples)
         if padded > examples:
             outputs = {name: value[:examples] for name, value in outputs.items()}
         return outputs
+
+
+def _timed_call(servable: Servable, inputs: dict[str, np.ndarray]) -> tuple[Outputs, float]:
+    """The model's outputs and how long the call itself took (without any wait for a thread or the loop)."""
+    started = time.perf_counter()
+    outputs = servable.predict(inputs)
+    return outputs, time.perf_counter() - started
 
 
 def _trace_queue_waits(batch: list[_Request], examples: int, version: str) -> list[trace.Link]:

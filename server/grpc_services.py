@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import math
@@ -32,7 +33,8 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
+from prometheus_client import Counter, Histogram
 
 from tensorgate.server import metrics
 from tensorgate.server.auth import Authenticator, Principal
@@ -41,7 +43,7 @@ from tensorgate.server.errors import InvalidArgumentError, RateLimitedError, Res
 from tensorgate.server.manager import ModelManager
 from tensorgate.server.registry import ModelRegistry, ModelVersion, VersionState
 from tensorgate.server.signature import TensorInfo
-from tensorgate.server.tracing import incoming_context, tracer
+from tensorgate.server.tracing import start_server_span
 from tensorgate.v1 import codec, inference_service_pb2, model_service_pb2, tensor_pb2
 from tensorgate.v1.inference_service_pb2 import (
     PredictRequest,
@@ -110,32 +112,49 @@ def _wrap(handler: Handler[S], method: str, scope: str | None) -> Handler[S]:
 
     @functools.wraps(handler)
     async def wrapper(self: S, request: bytes, context: grpc.aio.ServicerContext) -> Message:
-        started, code, rejection = time.perf_counter(), grpc.StatusCode.OK, ""
-        parent = incoming_context(context.invocation_metadata())
-        with tracer.start_as_current_span(method, context=parent, kind=SpanKind.SERVER) as span:
-            try:
-                if scope is not None:
-                    _authorize(self, context, scope)
-                return await handler(self, request, context)
-            except ServingError as exc:
-                code, rejection = exc.code, rejection_reason(exc)
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                # The full status (with details such as RetryInfo) travels as grpc-status-details-bin,
-                # where grpcio-status clients and Envoy's convert_grpc_status read it.
-                await context.abort(exc.code, str(exc), trailing_metadata=_error_metadata(exc))
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                log.exception("unexpected error in %s", method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
-            finally:
-                span.set_attribute("rpc.grpc.status_code", code.value[0])
-                record_request(method, code, started, rejection)
-        raise AssertionError("context.abort always raises")
+        span = start_server_span(method, context.invocation_metadata)
+        if span is None:
+            return await _answer(handler, self, request, context, method, scope, None)
+        with trace.use_span(span, end_on_exit=True):
+            return await _answer(handler, self, request, context, method, scope, span)
 
     return wrapper
+
+
+async def _answer(
+    handler: Handler[S],
+    servicer: S,
+    request: bytes,
+    context: grpc.aio.ServicerContext,
+    method: str,
+    scope: str | None,
+    span: trace.Span | None,
+) -> Message:
+    """Run one unary call: authorize, handle, map errors to statuses, count it (and mark its span, if traced)."""
+    started, code, rejection = time.perf_counter(), grpc.StatusCode.OK, ""
+    try:
+        if scope is not None:
+            _authorize(servicer, context, scope)
+        return await handler(servicer, request, context)
+    except ServingError as exc:
+        code, rejection = exc.code, rejection_reason(exc)
+        if span is not None:
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+        # The full status (with details such as RetryInfo) travels as grpc-status-details-bin,
+        # where grpcio-status clients and Envoy's convert_grpc_status read it.
+        await context.abort(exc.code, str(exc), trailing_metadata=_error_metadata(exc))
+    except asyncio.CancelledError:
+        code = grpc.StatusCode.CANCELLED
+        raise
+    except Exception:
+        code = grpc.StatusCode.INTERNAL
+        log.exception("unexpected error in %s", method)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+    finally:
+        if span is not None:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+        record_request(method, code, started, rejection)
+    raise AssertionError("context.abort always raises")
 
 
 # The model a request names, as a metric label: set by each handler once it has parsed the request. Every RPC
@@ -194,10 +213,27 @@ def label_version(version: int | str) -> None:
 
 def record_request(method: str, code: grpc.StatusCode, started: float, rejection: str) -> None:
     """Count one finished request (or stream message) of ``method`` with its outcome and duration."""
-    metrics.REQUESTS.labels(model=_MODEL_LABEL.get(), version=_VERSION_LABEL.get(), method=method, code=code.name).inc()
-    metrics.REQUEST_SECONDS.labels(method=method).observe(time.perf_counter() - started)
+    _requests_counter(_MODEL_LABEL.get(), _VERSION_LABEL.get(), method, code.name).inc()
+    _duration_histogram(method).observe(time.perf_counter() - started)
     if rejection:
-        metrics.REJECTED.labels(reason=rejection).inc()
+        _rejected_counter(rejection).inc()
+
+
+# Metric children, resolved once per label set instead of by ``.labels()`` on every request. Every label is
+# bounded (repository models and versions, methods, status codes, reasons), and so are these caches.
+@functools.cache
+def _requests_counter(model: str, version: str, method: str, code: str) -> Counter:
+    return metrics.REQUESTS.labels(model=model, version=version, method=method, code=code)
+
+
+@functools.cache
+def _duration_histogram(method: str) -> Histogram:
+    return metrics.REQUEST_SECONDS.labels(method=method)
+
+
+@functools.cache
+def _rejected_counter(reason: str) -> Counter:
+    return metrics.REJECTED.labels(reason=reason)
 
 
 @dataclass(frozen=True)
@@ -250,11 +286,13 @@ async def serve_stream(
         finally:
             started.put_nowait(None)
 
-    # One span for the whole stream; each message's queue wait and batch show as its children and links.
-    span = tracer.start_span(method, context=incoming_context(context.invocation_metadata()), kind=SpanKind.SERVER)
-    token = otel_context.attach(trace.set_span_in_context(span))
-    reader = asyncio.create_task(read_requests())
-    otel_context.detach(token)
+    # One span for the whole stream (when sampled); each message's queue wait and batch show as its children
+    # and links: the reader task runs in the span's context.
+    span = start_server_span(method, context.invocation_metadata)
+    reader_context = contextvars.copy_context()
+    if span is not None:
+        reader_context.run(otel_context.attach, trace.set_span_in_context(span))
+    reader = asyncio.create_task(read_requests(), context=reader_context)
     answered, outcome = 0, "completed"
     metrics.STREAMS_IN_FLIGHT.inc()
     closes_at = asyncio.get_running_loop().time() + limits.max_stream_duration_s
@@ -280,16 +318,20 @@ async def serve_stream(
         outcome = "cancelled"
         raise
     finally:
-        span.set_attribute("tensorgate.stream.answered", answered)
-        span.set_attribute("tensorgate.stream.outcome", outcome)
-        span.end()
         metrics.STREAMS_IN_FLIGHT.dec()
         reader.cancel()
         while not started.empty():
             if (task := started.get_nowait()) is not None:
                 task.cancel()
-        with trace.use_span(span):  # the log line carries the stream's trace id
-            log.info("stream closed", extra={"fields": {"method": rpc, "answered": answered, "outcome": outcome}})
+        fields = {"method": rpc, "answered": answered, "outcome": outcome}
+        if span is None:
+            log.info("stream closed", extra={"fields": fields})
+        else:
+            span.set_attribute("tensorgate.stream.answered", answered)
+            span.set_attribute("tensorgate.stream.outcome", outcome)
+            span.end()
+            with trace.use_span(span):  # the log line carries the stream's trace id
+                log.info("stream closed", extra={"fields": fields})
 
 
 def _decode_inputs(tensors: Mapping[str, tensor_pb2.Tensor]) -> tuple[dict[str, np.ndarray], bool]:
