@@ -1,21 +1,28 @@
-"""tensorgate benchmark: the server against the limits it runs between, side by side in one run.
+"""tensorgate benchmark: the server against the limits it runs between and against its peers, in one run.
 
-    .venv/bin/python bench/run.py [--duration 5] [--output bench/results.json]
+    .venv/bin/python bench/run.py [--duration 5] [--output bench/results.json] [--peers] [--only replicas|tls|peers]
 
 Measures, on the MNIST reference model (trained into --repository if missing):
-  * in-process limit: the SavedModel signature called directly on batches of 1, 64, 256 (examples/s);
+  * in-process limit: the SavedModel signature called directly, and the same model as a TensorFlow Lite
+    interpreter (1 thread), on batches of 1, 64, 256 (examples/s);
   * transport limit: a grpc.aio echo servicer with tensorgate's message sizes (requests/s);
   * unary Predict of one image at concurrency 1, 16, 64, batching on and off, load from h2load
-    (requests/s, p50, p99, errors), each answer counted on the server's metrics;
+    (requests/s, p50, p99, errors, server CPU per request), each answer counted on the server's metrics;
   * bulk streaming of the 10,000 test images over one StreamPredict stream, 64 images a message;
   * REST/JSON through Envoy (load from wrk) against direct gRPC at concurrency 1 and 64;
   * reload under load: p99 and failed requests while two new versions are rolled in, against steady state;
   * tracing overhead: unary throughput with tracing off and at 10% sampling (spans to a local OTLP receiver);
   * scale-out: gRPC (h2load) and REST (wrk) through Envoy at concurrency 64 with 1 and 2 server replicas;
   * TLS cost: the same through Envoy in plaintext and with TLS on both hops;
-  * the server's peak RSS.
-`--only replicas` or `--only tls` runs that case alone.
-Prints a table and writes JSON. Needs h2load and wrk (Debian packages nghttp2-client, wrk).
+  * the Open Inference Protocol side by side: the same pre-framed ModelInfer body (one image, FP32 [1,28,28] in
+    raw_input_contents) from the same h2load (1 connection, -m = concurrency) at concurrency 1, 8, 64 to the echo
+    servicer, tensorgate, tensorgate --runtime tensorflow and --workers 2 (when `tensorgate serve --help` lists those
+    flags) and, with --peers, MLServer 1.7.1 (adaptive batching 64 / 2 ms) and KServe 0.21, each serving the same
+    SavedModel from its own virtualenv under bench/.peers/ (built on first use, then reused);
+  * every server's CPU per request (its whole process tree, from /proc) and peak RSS per process.
+Then issue #13's ratios with pass/MISS against each target. `--only replicas`, `--only tls` or `--only peers`
+runs that case alone. Prints tables and writes JSON. Needs h2load and wrk (Debian: nghttp2-client, wrk).
+What each column means: bench/README.md.
 """
 
 from __future__ import annotations
