@@ -910,8 +910,8 @@ def print_goals(rows: list[Goal]) -> None:
     print("\n| target | measured | goal | result |")
     print("|---|---:|---|---|")
     for row in rows:
-        measured = "" if row.measured is None else f"{row.measured:,.2f}{row.unit}"
-        goal = f"{row.op} {row.goal:g}{row.unit}" if row.op else ""
+        measured = "" if row.measured is None else f"{_number(row.measured)}{row.unit}"
+        goal = f"{row.op} {_number(row.goal)}{row.unit}" if row.op else ""
         print(f"| {row.name} | {measured} | {goal} | {row.result()} |")
 
 
@@ -960,39 +960,48 @@ def print_replicas_table(runs: dict[str, Any]) -> None:
         print(f"| {kind.split('_')[0]}: 2 replicas / 1 | {ratio:.2f} | | | | |")
 
 
+def _cpu(run: dict[str, float]) -> str:
+    """Server CPU per request (its whole process tree: Envoy and the supervisor included where they run)."""
+    return f"{run['cpu_us_per_request']:.0f}" if "cpu_us_per_request" in run else ""
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
+
+
 def print_table(r: dict[str, Any]) -> None:
-    print("\n| measurement | req/s or examples/s | p50 ms | p99 ms | errors | mean batch |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("\n| measurement | req/s or examples/s | p50 ms | p99 ms | errors | mean batch | CPU µs/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for runtime, rates in r["in_process_examples_per_s"].items():
         for batch, rate in rates.items():
-            print(f"| in-process {runtime}, batch {batch} | {rate:,.0f} | | | | {batch} |")
+            print(f"| in-process {runtime}, batch {batch} | {rate:,.0f} | | | | {batch} | |")
     for name in ("echo", "batching_on", "batching_off"):
         for c, run in r[name].items():
             errors = run["errors"] + run.get("answers_not_run_by_model", 0)
             mean_batch = f"{run['mean_batch']:.1f}" if "mean_batch" in run else ""
             print(
                 f"| {name.replace('_', ' ')} unary, concurrency {c} | {run['requests_per_s']:,.0f} | "
-                f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {errors} | {mean_batch} |"
+                f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {errors} | {mean_batch} | {_cpu(run)} |"
             )
     for c, run in r["rest"].items():
         print(
             f"| REST through Envoy (wrk), concurrency {c} | {run['requests_per_s']:,.0f} | "
-            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} | |"
+            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} | | |"
         )
-    print(f"| StreamPredict 10,000 images, 64/message | {r['stream']['images_per_s']:,.0f} | | | | |")
+    print(f"| StreamPredict 10,000 images, 64/message | {r['stream']['images_per_s']:,.0f} | | | | | |")
     for phase, run in r["tracing"].items():
         print(
             f"| unary c16, tracing {phase.replace('_', ' ')} | {run['requests_per_s']:,.0f} | "
-            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} | |"
+            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} | | {_cpu(run)} |"
         )
     for phase in ("steady", "switching"):
         run = r["reload"][phase]
         errors = run["errors"] + run["answers_not_run_by_model"]
         print(
             f"| unary c16, {phase} (reload case) | {run['requests_per_s']:,.0f} | "
-            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {errors} | |"
+            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {errors} | | {_cpu(run)} |"
         )
-    print(f"| server peak RSS | {r['server_peak_rss_mb']:.0f} MB | | | | |")
+    print(f"| server peak RSS | {r['server_peak_rss_mb']:.0f} MB | | | | | |")
 
 
 if __name__ == "__main__":
