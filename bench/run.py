@@ -460,7 +460,12 @@ def serve_flags() -> set[str]:
     output = subprocess.run(
         [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    return set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", output))
+    return long_flags(output)
+
+
+def long_flags(help_text: str) -> set[str]:
+    """``--workers`` from a help text, but not from ``--model-workers``."""
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", help_text))
 
 
 def model_infer_request(x: np.ndarray) -> ModelInferRequest:
