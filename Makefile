@@ -33,4 +33,4 @@ generate: install-dev
 	$(PYTHON) protos/generate.py
 
 bench: install-dev
-	$(PYTHON) bench/run.py
+	$(PYTHON) bench/run.py $(BENCH_ARGS)

@@ -1,7 +1,8 @@
-"""The transport limit: a grpc.aio server on tensorgate's Predict path that answers every call with a
-fixed response of the real size, doing no work. Same framework, same message sizes as tensorgate.
+"""The transport limit: a grpc.aio server on tensorgate's Predict path and on the Open Inference Protocol's
+ModelInfer that answers every call with a fixed response of the real size, doing no work. Same framework, same
+message sizes as tensorgate. It also answers OIP ModelReady (true), so the bench waits for it as for any server.
 
-    python bench/echo_server.py PORT RESPONSE_FILE
+    python bench/echo_server.py PORT PREDICT_RESPONSE_FILE MODEL_INFER_RESPONSE_FILE
 """
 
 from __future__ import annotations
@@ -13,15 +14,31 @@ from pathlib import Path
 
 import grpc
 
+from tensorgate.compat.kserve_v2.grpc_service_pb2 import ModelReadyResponse
 
-async def serve(port: int, response: bytes) -> None:
-    async def predict(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+
+def fixed(response: bytes) -> grpc.RpcMethodHandler:
+    async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return response
 
+    return grpc.unary_unary_rpc_method_handler(answer)  # no (de)serializers: bytes in, bytes out
+
+
+async def serve(port: int, predict_response: bytes, model_infer_response: bytes) -> None:
     server = grpc.aio.server()
-    handler = grpc.unary_unary_rpc_method_handler(predict)  # no (de)serializers: bytes in, bytes out
     server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler("tensorgate.v1.InferenceService", {"Predict": handler})]
+        [
+            grpc.method_handlers_generic_handler(
+                "tensorgate.v1.InferenceService", {"Predict": fixed(predict_response)}
+            ),
+            grpc.method_handlers_generic_handler(
+                "inference.GRPCInferenceService",
+                {
+                    "ModelInfer": fixed(model_infer_response),
+                    "ModelReady": fixed(ModelReadyResponse(ready=True).SerializeToString()),
+                },
+            ),
+        ]
     )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -33,4 +50,4 @@ async def serve(port: int, response: bytes) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1]), Path(sys.argv[2]).read_bytes()))
+    asyncio.run(serve(int(sys.argv[1]), Path(sys.argv[2]).read_bytes(), Path(sys.argv[3]).read_bytes()))

@@ -1,26 +1,35 @@
-"""tensorgate benchmark: the server against the limits it runs between, side by side in one run.
+"""tensorgate benchmark: the server against the limits it runs between and against its peers, in one run.
 
-    .venv/bin/python bench/run.py [--duration 5] [--output bench/results.json]
+    .venv/bin/python bench/run.py [--duration 5] [--output bench/results.json] [--peers] [--only replicas|tls|peers]
 
 Measures, on the MNIST reference model (trained into --repository if missing):
-  * in-process limit: the SavedModel signature called directly on batches of 1, 64, 256 (examples/s);
+  * in-process limit: the SavedModel signature called directly, and the same model as a TensorFlow Lite
+    interpreter (1 thread), on batches of 1, 64, 256 (examples/s);
   * transport limit: a grpc.aio echo servicer with tensorgate's message sizes (requests/s);
   * unary Predict of one image at concurrency 1, 16, 64, batching on and off, load from h2load
-    (requests/s, p50, p99, errors), each answer counted on the server's metrics;
+    (requests/s, p50, p99, errors, server CPU per request), each answer counted on the server's metrics;
   * bulk streaming of the 10,000 test images over one StreamPredict stream, 64 images a message;
   * REST/JSON through Envoy (load from wrk) against direct gRPC at concurrency 1 and 64;
   * reload under load: p99 and failed requests while two new versions are rolled in, against steady state;
   * tracing overhead: unary throughput with tracing off and at 10% sampling (spans to a local OTLP receiver);
   * scale-out: gRPC (h2load) and REST (wrk) through Envoy at concurrency 64 with 1 and 2 server replicas;
   * TLS cost: the same through Envoy in plaintext and with TLS on both hops;
-  * the server's peak RSS.
-`--only replicas` or `--only tls` runs that case alone.
-Prints a table and writes JSON. Needs h2load and wrk (Debian packages nghttp2-client, wrk).
+  * the Open Inference Protocol side by side: the same pre-framed ModelInfer body (one image, FP32 [1,28,28] in
+    raw_input_contents) from the same h2load (1 connection, -m = concurrency) at concurrency 1, 8, 64 to the echo
+    servicer, tensorgate, tensorgate --runtime tensorflow and --workers 2 (when `tensorgate serve --help` lists those
+    flags) and, with --peers, MLServer 1.7.1 (adaptive batching 64 / 2 ms) and KServe 0.21, each serving the same
+    SavedModel from its own virtualenv under bench/.peers/ (built on first use, then reused);
+  * every server's CPU per request (its whole process tree, from /proc) and peak RSS per process.
+Then issue #13's ratios with pass/MISS against each target. `--only replicas`, `--only tls` or `--only peers`
+runs that case alone. Prints tables and writes JSON. Needs h2load and wrk (Debian: nghttp2-client, wrk).
+What each column means: bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.metadata
 import json
 import os
 import re
@@ -34,10 +43,11 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import numpy as np
@@ -47,18 +57,80 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tensorgate.clients.client import TensorgateClient
 from tensorgate.clients.datasets import load_mnist, to_model_input
+from tensorgate.compat.kserve_v2 import grpc_service_pb2_grpc
+from tensorgate.compat.kserve_v2.grpc_service_pb2 import ModelInferRequest, ModelInferResponse, ModelReadyRequest
 from tensorgate.v1 import codec
 from tensorgate.v1.inference_service_pb2 import PredictRequest, PredictResponse
 
 ROOT = Path(__file__).resolve().parent.parent
 PREDICT_PATH = "/tensorgate.v1.InferenceService/Predict"
 CONCURRENCY = (1, 16, 64)
+WARM_UP_S = 1
+MODEL = "mnist"
+OIP_PATH = "/inference.GRPCInferenceService/ModelInfer"
+OIP_CONCURRENCY = (1, 8, 64)
+EXAMPLES = "tensorgate_model_examples_total"
+PEERS_CACHE = ROOT / "bench" / ".peers"  # the peers' virtualenvs (git-ignored), reused across runs
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def metric_sum(metrics_port: int, name: str) -> float:
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """Fields 3 onwards of /proc/PID/stat (after the command name, which may hold spaces); [] once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every live descendant, found through the parent pid (field 4) of each /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _proc_stat(int(entry.name))):
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system) of a process tree: utime and stime (fields 14, 15) of every live process, plus
+    cutime and cstime (16, 17), which hold what children that already exited (and were reaped) used."""
+    ticks = 0
+    for pid in process_tree(root):
+        if fields := _proc_stat(pid):
+            ticks += sum(int(value) for value in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_per_process_mb(root: int) -> float:
+    """The largest peak RSS (VmHWM) of one process of the tree, Envoy left out: the figure per server worker."""
+    peak_kb = 0
+    for pid in process_tree(root):
+        try:
+            if b"envoy" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]:
+                continue
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if "VmHWM:" in status:
+            peak_kb = max(peak_kb, int(status.split("VmHWM:")[1].split()[0]))
+    return peak_kb / 1024
 
 
 def grpc_frame(message: bytes) -> bytes:
@@ -74,19 +146,11 @@ class Server:
     gateway_port: int
 
     def metric_sum(self, name: str) -> float:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+        return metric_sum(self.metrics_port, name)
 
     def peak_rss_mb(self) -> float:
-        """Peak RSS of the gRPC server process: the supervisor's child that runs ``serve --gateway false``."""
-        pid = self.process.pid
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            if b"tensorgate.clients.cli" in Path(f"/proc/{child}/cmdline").read_bytes():
-                pid = int(child)
-        status = Path(f"/proc/{pid}/status").read_text()
-        return int(status.split("VmHWM:")[1].split()[0]) / 1024
+        """Peak RSS of the largest server process of the stack (Envoy left out)."""
+        return peak_rss_per_process_mb(self.process.pid)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -159,48 +223,90 @@ def _wrk_latency_ms(output: str, percentile: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def in_process_limit(model_dir: Path, x: np.ndarray, seconds: float) -> dict[int, float]:
-    """Examples/s of the signature called directly, by keyword, as the server does."""
+def signature_runtime(model_dir: Path) -> Any:
     from tensorgate.server.runtime import SavedModelRuntime
 
-    runtime = SavedModelRuntime(model_dir, "serving_default", "CPU:0")
-    results = {}
-    for batch in (1, 64, 256):
-        inputs = {"keras_tensor": x[:batch]}
-        runtime.predict(inputs)
-        calls, started = 0, time.monotonic()
-        while time.monotonic() - started < seconds:
-            runtime.predict(inputs)
-            calls += 1
-        results[batch] = calls * batch / (time.monotonic() - started)
+    return SavedModelRuntime(model_dir, "serving_default", "CPU:0")
+
+
+def tflite_runner(model_dir: Path) -> Callable[..., dict[str, np.ndarray]]:
+    """The SavedModel converted to TensorFlow Lite, one interpreter thread, called through its signature runner."""
+    import tensorflow as tf
+
+    content = tf.lite.TFLiteConverter.from_saved_model(str(model_dir)).convert()
+    interpreter = tf.lite.Interpreter(model_content=content, num_threads=1)
+    return interpreter.get_signature_runner("serving_default")  # type: ignore[no-any-return]
+
+
+def in_process_limit(
+    model_dir: Path, x: np.ndarray, seconds: float, tflite: bool = True
+) -> dict[str, dict[int, float]]:
+    """Examples/s of the model called directly at batch 1, 64, 256: the SavedModel signature by keyword (as the
+    server's TensorFlow runtime does) and, with ``tflite``, the TensorFlow Lite interpreter (the other runtime)."""
+    runtime = signature_runtime(model_dir)
+    calls: dict[str, Callable[[np.ndarray], Any]] = {"signature": lambda b: runtime.predict({"keras_tensor": b})}
+    if tflite:
+        runner = tflite_runner(model_dir)
+        calls["tflite"] = lambda b: runner(keras_tensor=b)
+    results: dict[str, dict[int, float]] = {}
+    for name, call in calls.items():
+        results[name] = {}
+        for batch in (1, 64, 256):
+            inputs = x[:batch]
+            call(inputs)
+            count, started = 0, time.monotonic()
+            while time.monotonic() - started < seconds:
+                call(inputs)
+                count += 1
+            results[name][batch] = count * batch / (time.monotonic() - started)
     return results
 
 
 def h2load(
-    port: int, body: Path, concurrency: int, seconds: int, log_file: Path, connections: int = 1, scheme: str = "http"
+    port: int,
+    body: Path,
+    concurrency: int,
+    seconds: int,
+    log_file: Path,
+    connections: int = 1,
+    scheme: str = "http",
+    path: str = PREDICT_PATH,
+    server_pid: int | None = None,
 ) -> dict[str, float]:
     """Unary load from h2load: ``concurrency`` streams over each of ``connections`` HTTP/2 connections;
-    latency percentiles from its per-request log."""
+    latency percentiles from its per-request log. With ``server_pid``, also the CPU time the server's process tree
+    spent per completed request over the measured window (after h2load's 1 s warm-up)."""
     command = [
-        "h2load", "-D", str(seconds), "--warm-up-time", "1", "-c", str(connections), "-m", str(concurrency),
-        "-t", "1",
+        "h2load", "-D", str(seconds), "--warm-up-time", str(WARM_UP_S), "-c", str(connections),
+        "-m", str(concurrency), "-t", "1",
         "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
-        f"--log-file={log_file}", f"{scheme}://127.0.0.1:{port}{PREDICT_PATH}",
+        f"--log-file={log_file}", f"{scheme}://127.0.0.1:{port}{path}",
     ]  # fmt: skip
-    output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        cpu_before = 0.0
+        if server_pid is not None:
+            time.sleep(WARM_UP_S)
+            cpu_before = tree_cpu_s(server_pid)
+        output, _ = process.communicate(timeout=seconds + 60)
+        cpu_s = tree_cpu_s(server_pid) - cpu_before if server_pid is not None else 0.0
+    if process.returncode:
+        raise RuntimeError(f"h2load exited with {process.returncode}: {output}")
     rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", output).group(1))  # type: ignore[union-attr]
     counts = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", output)
     assert counts, output
     rows = [line.split("\t") for line in log_file.read_text().splitlines() if line]
     latencies_ms = np.array([int(row[2]) / 1000 for row in rows])
     non_200 = sum(1 for row in rows if row[1] != "200")
-    return {
+    result = {
         "requests_per_s": rps,
         "p50_ms": float(np.percentile(latencies_ms, 50)),
         "p99_ms": float(np.percentile(latencies_ms, 99)),
         "done": int(counts.group(2)),
         "errors": int(counts.group(4)) + non_200,
     }
+    if server_pid is not None:
+        result["cpu_us_per_request"] = 1e6 * cpu_s / max(1, result["done"])
+    return result
 
 
 def unary_runs(server: Server, body: Path, seconds: int, tmp: Path) -> dict[int, dict[str, float]]:
@@ -212,7 +318,8 @@ def unary_runs(server: Server, body: Path, seconds: int, tmp: Path) -> dict[int,
             server.metric_sum("tensorgate_compute_duration_seconds_sum"),
             server.metric_sum("tensorgate_compute_duration_seconds_count"),
         )
-        result = h2load(server.port, body, concurrency, seconds, tmp / f"h2load-{server.port}-{concurrency}.log")
+        log_file = tmp / f"h2load-{server.port}-{concurrency}.log"
+        result = h2load(server.port, body, concurrency, seconds, log_file, server_pid=server.process.pid)
         ran = server.metric_sum("tensorgate_model_examples_total") - before
         calls = server.metric_sum("tensorgate_compute_duration_seconds_count") - compute_before[1]
         compute_s = server.metric_sum("tensorgate_compute_duration_seconds_sum") - compute_before[0]
@@ -316,7 +423,7 @@ def tls_cost(repository: Path, body: Path, rest_body: str, seconds: int, tmp: Pa
 
 def unary_runs_at(server: Server, body: Path, concurrency: int, seconds: int, log_file: Path) -> dict[str, float]:
     before = server.metric_sum("tensorgate_model_examples_total")
-    result = h2load(server.port, body, concurrency, seconds, log_file)
+    result = h2load(server.port, body, concurrency, seconds, log_file, server_pid=server.process.pid)
     result["answers_not_run_by_model"] = max(
         0, int(result["done"] - (server.metric_sum("tensorgate_model_examples_total") - before))
     )
@@ -333,6 +440,247 @@ def streaming_run(port: int, x: np.ndarray, labels: np.ndarray) -> dict[str, flo
     return {"images_per_s": len(x) / elapsed, "accuracy": float((predictions == labels).mean())}
 
 
+# --- The Open Inference Protocol side by side: the same ModelInfer body, by the same h2load, to every server. ---
+
+
+@dataclass(frozen=True)
+class OipTarget:
+    """One server of the side-by-side table: how to start it and where it answers ModelInfer for ``mnist``."""
+
+    name: str
+    argv: list[str]
+    port: int
+    cwd: Path | None = None
+    check_answer: bool = True  # the echo servicer answers zeros
+    metrics_port: int | None = None  # tensorgate (one process): every answer counted on its model's metrics
+
+
+def serve_flags() -> set[str]:
+    """The long flags `tensorgate serve --help` lists: the bench adds targets for flags other branches add."""
+    output = subprocess.run(
+        [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    return long_flags(output)
+
+
+def long_flags(help_text: str) -> set[str]:
+    """``--workers`` from a help text, but not from ``--model-workers``."""
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", help_text))
+
+
+def model_infer_request(x: np.ndarray) -> ModelInferRequest:
+    """One image as Triton's clients send it: FP32 [1,28,28] in raw_input_contents."""
+    request = ModelInferRequest(model_name=MODEL, id="bench")
+    request.inputs.add(name="keras_tensor", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(np.ascontiguousarray(x, np.float32).tobytes())
+    return request
+
+
+def echo_responses(tmp: Path, version: str) -> tuple[Path, Path]:
+    """Files of the echo servicer's fixed answers, each the size of tensorgate's: Predict's and ModelInfer's."""
+    predict = PredictResponse(model=MODEL, version=version)
+    predict.outputs["output_0"].CopyFrom(codec.encode(np.zeros((1, 10), np.float32)))
+    infer = ModelInferResponse(model_name=MODEL, model_version=version, id="bench")
+    infer.outputs.add(name="output_0", datatype="FP32", shape=[1, 10])
+    infer.raw_output_contents.append(np.zeros((1, 10), np.float32).tobytes())
+    files = (tmp / "predict-response.bin", tmp / "model-infer-response.bin")
+    for file, message in zip(files, (predict, infer), strict=True):
+        file.write_bytes(message.SerializeToString())
+    return files
+
+
+def peer_venv(name: str, requirements: list[str]) -> Path:
+    """A virtualenv under bench/.peers/NAME with ``requirements``, built once and reused while they stay the same."""
+    venv = PEERS_CACHE / name
+    marker = venv / "bench-requirements.txt"
+    if marker.is_file() and marker.read_text() == "\n".join(requirements):
+        return venv
+    print(f"  building the {name} virtualenv in {venv} ...", flush=True)
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *requirements], check=True)
+    marker.write_text("\n".join(requirements))
+    return venv
+
+
+def tensorflow_requirement() -> str:
+    """The peers run the TensorFlow the bench's own environment has, so the model costs the same everywhere."""
+    return f"tensorflow-cpu=={importlib.metadata.version('tensorflow-cpu')}"
+
+
+def echo_target(tmp: Path, version: str) -> OipTarget:
+    port = free_port()
+    predict, infer = echo_responses(tmp, version)
+    argv = [sys.executable, str(ROOT / "bench" / "echo_server.py"), str(port), str(predict), str(infer)]
+    return OipTarget("echo servicer (grpc.aio)", argv, port, check_answer=False)
+
+
+def tensorgate_target(repository: Path, name: str, *extra: str) -> OipTarget:
+    """tensorgate without Envoy: the OIP service is on the server's own gRPC port."""
+    port = free_port_block(16)  # room for --workers N taking metrics_port + i, as replicas do
+    argv = [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--model-repository", str(repository)]
+    argv += ["--gateway", "false", "--port", str(port), "--metrics-port", str(port + 8), *extra]
+    one_process = "--workers" not in extra  # with workers, one metrics port sees only its own process
+    return OipTarget(name, argv, port, metrics_port=port + 8 if one_process else None)
+
+
+def mlserver_target(model_dir: Path, tmp: Path) -> OipTarget:
+    """MLServer 1.7.1, adaptive batching (64 / 2 ms), no parallel workers, our SavedModel runtime."""
+    venv = peer_venv("mlserver", ["mlserver==1.7.1", "uvloop<0.22", tensorflow_requirement()])
+    folder = tmp / "mlserver" / MODEL  # the model's folder is named after it, as MLServer expects
+    folder.mkdir(parents=True)
+    shutil.copy(ROOT / "bench" / "peers" / "mlserver_runtime.py", folder)
+    port, http_port, metrics_port = free_port(), free_port(), free_port()
+    settings = {"host": "127.0.0.1", "http_port": http_port, "grpc_port": port, "metrics_port": metrics_port}
+    settings |= {"parallel_workers": 0, "debug": False}
+    model: dict[str, Any] = {
+        "name": MODEL,
+        "implementation": "mlserver_runtime.SavedModelRuntime",
+        "parameters": {"uri": str(model_dir)},
+    }
+    model |= {"max_batch_size": 64, "max_batch_time": 0.002}
+    (folder / "settings.json").write_text(json.dumps(settings))
+    (folder / "model-settings.json").write_text(json.dumps(model))
+    return OipTarget("MLServer 1.7.1 (adaptive batching)", [str(venv / "bin" / "mlserver"), "start", "."], port, folder)
+
+
+def kserve_target(model_dir: Path, tmp: Path) -> OipTarget:
+    """KServe 0.21's Python model server (no batching there: KServe batches in its Go sidecar) with our model."""
+    venv = peer_venv("kserve", ["kserve==0.21.*", tensorflow_requirement()])
+    port, http_port = free_port(), free_port()
+    argv = [str(venv / "bin" / "python"), str(ROOT / "bench" / "peers" / "kserve_server.py"), str(model_dir)]
+    argv += ["--model_name", MODEL, "--grpc_port", str(port), "--http_port", str(http_port), "--workers", "1"]
+    argv += ["--enable_latency_logging", "false"]
+    return OipTarget("KServe 0.21", argv, port, tmp)
+
+
+def wait_model_ready(port: int, process: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"exited with {process.returncode} during start-up")
+            try:
+                if stub.ModelReady(ModelReadyRequest(name=MODEL), timeout=1).ready:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"model not ready within {timeout_s:.0f} s")
+
+
+def check_model_infer(port: int, request: ModelInferRequest, expected: int) -> None:
+    """One real ModelInfer: the answer's argmax must be the in-process one (h2load sees only HTTP statuses)."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        response = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    output = response.outputs[0]
+    if response.raw_output_contents:
+        scores = np.frombuffer(response.raw_output_contents[0], np.float32)
+    else:
+        scores = np.array(output.contents.fp32_contents, np.float32)
+    if output.datatype != "FP32" or scores.size != 10 or int(scores.argmax()) != expected:
+        raise AssertionError(f"wrong answer: {output.datatype} {list(output.shape)} {scores}, expected {expected}")
+
+
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's process group (it was started in its own session), SIGKILL if it lingers."""
+    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(wait_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # children that outlived their parent
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_oip_target(
+    target: OipTarget, body: Path, request: ModelInferRequest, expected: int, seconds: int, tmp: Path, log: Path
+) -> dict[str, Any]:
+    """Start, wait until the model is ready, check one answer, h2load at each concurrency with the server's CPU,
+    peak RSS, stop. A target that fails is reported with its error and the table goes on."""
+    print(f"  {target.name} ...", flush=True)
+    with log.open("ab") as out:
+        out.write(f"\n=== {target.name}: {' '.join(target.argv)}\n".encode())
+        out.flush()
+        process = subprocess.Popen(
+            target.argv, cwd=target.cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        started = time.monotonic()
+        wait_model_ready(target.port, process)
+        result: dict[str, Any] = {"start_s": time.monotonic() - started, "runs": {}}
+        if target.check_answer:
+            check_model_infer(target.port, request, expected)
+        for concurrency in OIP_CONCURRENCY:
+            before = metric_sum(target.metrics_port, EXAMPLES) if target.metrics_port else 0.0
+            log_file = tmp / f"oip-{target.port}-{concurrency}.log"
+            run = h2load(target.port, body, concurrency, seconds, log_file, path=OIP_PATH, server_pid=process.pid)
+            if target.metrics_port:
+                ran = metric_sum(target.metrics_port, EXAMPLES) - before
+                run["answers_not_run_by_model"] = max(0, int(run["done"] - ran))
+            result["runs"][concurrency] = run
+        result["peak_rss_mb"] = peak_rss_per_process_mb(process.pid)
+        return result
+    except Exception as error:  # one broken peer must not cost the rest of the table
+        print(f"  {target.name} failed: {error} (server output in {log})", flush=True)
+        return {"error": str(error)}
+    finally:
+        stop_group(process)
+
+
+def oip_side_by_side(
+    repository: Path, version_dir: Path, x: np.ndarray, peers: bool, seconds: int, tmp: Path, log: Path
+) -> dict[str, Any]:
+    """Every target under the same ModelInfer body at c = 1, 8, 64. tensorgate --workers 2 and --runtime tensorflow
+    only when `serve --help` lists those flags; MLServer and KServe only with ``peers``."""
+    request = model_infer_request(x[:1])
+    body = tmp / "model-infer.body"
+    body.write_bytes(grpc_frame(request.SerializeToString()))
+    expected = int(np.argmax(signature_runtime(version_dir).predict({"keras_tensor": x[:1]})["output_0"]))
+    flags = serve_flags()
+    # Each target is made just before it runs: its ports are free then, and a peer's virtualenv is built then.
+    targets: dict[str, Callable[[], OipTarget]] = {
+        "echo": lambda: echo_target(tmp, version_dir.name),
+        "tensorgate": lambda: tensorgate_target(repository, "tensorgate"),
+    }
+    notes = []
+    if "--runtime" in flags:
+        targets["tensorgate_tf"] = lambda: tensorgate_target(
+            repository, "tensorgate --runtime tensorflow", "--runtime", "tensorflow"
+        )
+    else:
+        notes.append("tensorgate --runtime tensorflow: skipped, `tensorgate serve --help` has no --runtime")
+    if "--workers" in flags:
+        targets["tensorgate_workers_2"] = lambda: tensorgate_target(
+            repository, "tensorgate --workers 2", "--workers", "2"
+        )
+    else:
+        notes.append("tensorgate --workers 2: skipped, `tensorgate serve --help` has no --workers")
+    if peers:
+        targets["mlserver"] = lambda: mlserver_target(version_dir, tmp)
+        targets["kserve"] = lambda: kserve_target(version_dir, tmp)
+    else:
+        notes.append("MLServer and KServe: not run (add --peers)")
+    for note in notes:
+        print(f"  {note}", flush=True)
+    results: dict[str, Any] = {"notes": notes, "targets": {}}
+    for key, make_target in targets.items():
+        try:
+            target = make_target()
+        except Exception as error:  # a peer whose virtualenv cannot be built: reported, the table goes on
+            print(f"  {key} could not be set up: {error}", flush=True)
+            results["targets"][key] = {"name": key, "error": str(error)}
+            continue
+        results["targets"][key] = {"name": target.name} | run_oip_target(
+            target, body, request, expected, seconds, tmp, log
+        )
+    return results
+
+
 def ensure_model(repository: Path) -> Path:
     model_dir = repository / "mnist"
     if not model_dir.is_dir() or not any(p.name.isdigit() for p in model_dir.iterdir()):
@@ -347,7 +695,8 @@ def main() -> int:
     parser.add_argument("--repository", type=Path, default=ROOT / "models")
     parser.add_argument("--duration", type=int, default=5, help="seconds per load point (after 1 s of warm-up)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
-    parser.add_argument("--only", choices=["replicas", "tls"], help="run one case alone")
+    parser.add_argument("--only", choices=["replicas", "tls", "peers"], help="run one case alone")
+    parser.add_argument("--peers", action="store_true", help="add MLServer 1.7.1 and KServe 0.21 to the OIP table")
     args = parser.parse_args()
     if not shutil.which("h2load"):
         raise SystemExit("h2load not found: apt-get install nghttp2-client")
@@ -358,7 +707,7 @@ def main() -> int:
     x = to_model_input(mnist.x_test, np.dtype(np.float32))
     tmp = Path(tempfile.mkdtemp(prefix="tensorgate-bench-"))
     log = tmp / "servers.log"
-    request = PredictRequest(model="mnist")
+    request = PredictRequest(model=MODEL)
     request.inputs["keras_tensor"].CopyFrom(codec.encode(x[:1]))
     body = tmp / "predict.body"
     body.write_bytes(grpc_frame(request.SerializeToString()))
@@ -386,23 +735,25 @@ def main() -> int:
         args.output.write_text(json.dumps(results, indent=2))
         print_tls_table(results["tls"])
         return 0
+    if args.only == "peers":
+        print("OIP ModelInfer side by side ...", flush=True)
+        results = {"oip": oip_side_by_side(args.repository, version_dir, x, args.peers, args.duration, tmp, log)}
+        finish(results, args.output, log)
+        return 0
 
+    serving_runtime = "tflite" if "--runtime" in serve_flags() else "signature"
     print("in-process limit ...", flush=True)
     in_process = in_process_limit(version_dir, x, args.duration / 2)
 
     print("echo servicer ...", flush=True)
-    response = PredictResponse(model="mnist", version=version_dir.name)
-    response.outputs["output_0"].CopyFrom(codec.encode(np.zeros((1, 10), np.float32)))
-    response_file = tmp / "response.bin"
-    response_file.write_bytes(response.SerializeToString())
-    echo_port = free_port()
-    echo = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "echo_server.py"), str(echo_port), str(response_file)],
-        stdout=subprocess.PIPE,
-    )
+    echo_server = echo_target(tmp, version_dir.name)
+    echo = subprocess.Popen(echo_server.argv, stdout=subprocess.PIPE)
     try:
         assert echo.stdout is not None and echo.stdout.readline().strip() == b"ready"
-        echo_runs = {c: h2load(echo_port, body, c, args.duration, tmp / f"echo-{c}.log") for c in CONCURRENCY}
+        echo_runs = {
+            c: h2load(echo_server.port, body, c, args.duration, tmp / f"echo-{c}.log", server_pid=echo.pid)
+            for c in CONCURRENCY
+        }
     finally:
         echo.send_signal(signal.SIGTERM)
         echo.wait(30)
@@ -411,6 +762,7 @@ def main() -> int:
 
     results = {
         "in_process_examples_per_s": in_process,
+        "serving_runtime": serving_runtime,
         "echo": echo_runs,
         "max_queue_delay_ms": BatchingConfig().max_queue_delay_us / 1000,
     }
@@ -436,29 +788,153 @@ def main() -> int:
     results["tls"] = tls_cost(args.repository, body, rest_body, args.duration, tmp, log)
     print("scale-out ...", flush=True)
     results["replicas"] = scale_out(args.repository, body, rest_body, args.duration, tmp, log)
-    results["ratios"] = ratios(results)
-    args.output.write_text(json.dumps(results, indent=2))
+    print("OIP ModelInfer side by side ...", flush=True)
+    results["oip"] = oip_side_by_side(args.repository, version_dir, x, args.peers, args.duration, tmp, log)
     print_table(results)
     print_replicas_table(results["replicas"])
     print_tls_table(results["tls"])
-    print(f"\nJSON: {args.output}")
+    finish(results, args.output, log)
     return 0
 
 
-def ratios(r: dict[str, Any]) -> dict[str, float]:
-    on64, off64, echo64 = r["batching_on"][64], r["batching_off"][64], r["echo"][64]
+def finish(results: dict[str, Any], output: Path, log: Path) -> None:
+    """The OIP table, the targets with pass/miss, and the JSON (ratios and targets included)."""
+    results["ratios"] = ratios(results)
+    results["targets"] = [goal._asdict() | {"result": goal.result()} for goal in goals(results)]
+    output.write_text(json.dumps(results, indent=2))
+    print_oip_table(results["oip"])
+    only_oip = set(results) == {"oip", "ratios", "targets"}
+    print_goals([goal for goal in goals(results) if goal.oip or not only_oip])
+    print(f"\nJSON: {output}\nservers' output: {log}")
+
+
+def _at(tree: Any, *keys: Any) -> Any:
+    """``tree[k1][k2]...``, or None where a part was not run (missing, or a target that failed)."""
+    for key in keys:
+        if not isinstance(tree, dict) or "error" in tree or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None
+
+
+def ratios(r: dict[str, Any]) -> dict[str, float | None]:
+    """Every ratio the targets are stated in; None where one side was not run."""
+    oip = _at(r, "oip", "targets") or {}
+
+    def vs(target: str, other: str, concurrency: int, key: str) -> float | None:
+        return _ratio(_at(oip, target, "runs", concurrency, key), _at(oip, other, "runs", concurrency, key))
+
+    def run(*keys: Any) -> float | None:
+        return _at(r, *keys)  # type: ignore[no-any-return]
+
+    rps = "requests_per_s"
+    stream, in_process = run("stream", "images_per_s"), r.get("in_process_examples_per_s", {})
+    on64: dict[str, float] | None = _at(r, "batching_on", 64)
     return {
-        "unary_c64_vs_echo": on64["requests_per_s"] / echo64["requests_per_s"],
-        "batching_on_vs_off_c64": on64["requests_per_s"] / off64["requests_per_s"],
-        "stream_vs_in_process_256": r["stream"]["images_per_s"] / r["in_process_examples_per_s"][256],
-        "p99_c64_budget_ms": r["max_queue_delay_ms"] + 3 * on64["mean_batch_compute_ms"],
-        "rest_vs_grpc_c64": r["rest"][64]["requests_per_s"] / on64["requests_per_s"],
-        "reload_p99_vs_steady": r["reload"]["switching"]["p99_ms"] / r["reload"]["steady"]["p99_ms"],
-        "tracing_10pct_vs_off": r["tracing"]["sampled_10pct"]["requests_per_s"] / r["tracing"]["off"]["requests_per_s"],
-        "rest_added_p50_ms_c1": r["rest"][1]["p50_ms"] - r["batching_on"][1]["p50_ms"],
-        "grpc_2_replicas_vs_1": r["replicas"]["2"]["grpc_c64"]["requests_per_s"]
-        / r["replicas"]["1"]["grpc_c64"]["requests_per_s"],
+        "tensorgate_vs_mlserver_c64_rps": vs("tensorgate", "mlserver", 64, rps),
+        "tensorgate_vs_mlserver_c64_p99": vs("tensorgate", "mlserver", 64, "p99_ms"),
+        "tensorgate_vs_kserve_c64_rps": vs("tensorgate", "kserve", 64, rps),
+        "tensorgate_tf_vs_mlserver_c64_rps": vs("tensorgate_tf", "mlserver", 64, rps),
+        "tensorgate_vs_echo_cpu_us_c64": vs("tensorgate", "echo", 64, "cpu_us_per_request"),
+        "tensorgate_vs_echo_c1_p50": vs("tensorgate", "echo", 1, "p50_ms"),
+        "workers_2_vs_1_c64_rps": vs("tensorgate_workers_2", "tensorgate", 64, rps),
+        "stream_vs_in_process_256": _ratio(stream, _at(in_process, r.get("serving_runtime"), 256)),
+        "stream_vs_signature_256": _ratio(stream, _at(in_process, "signature", 256)),
+        "stream_vs_tflite_256": _ratio(stream, _at(in_process, "tflite", 256)),
+        "unary_c64_vs_echo": _ratio(run("batching_on", 64, rps), run("echo", 64, rps)),
+        "batching_on_vs_off_c64": _ratio(run("batching_on", 64, rps), run("batching_off", 64, rps)),
+        "p99_c64_budget_ms": r["max_queue_delay_ms"] + 3 * on64["mean_batch_compute_ms"] if on64 else None,
+        "rest_vs_grpc_c64_rps": _ratio(run("rest", 64, rps), run("batching_on", 64, rps)),
+        "rest_vs_grpc_c64_p99": _ratio(run("rest", 64, "p99_ms"), run("batching_on", 64, "p99_ms")),
+        "rest_added_p50_ms_c1": r["rest"][1]["p50_ms"] - r["batching_on"][1]["p50_ms"] if "rest" in r else None,
+        "reload_p99_vs_steady": _ratio(run("reload", "switching", "p99_ms"), run("reload", "steady", "p99_ms")),
+        "tracing_10pct_vs_off": _ratio(run("tracing", "sampled_10pct", rps), run("tracing", "off", rps)),
+        "grpc_2_replicas_vs_1": _ratio(run("replicas", "2", "grpc_c64", rps), run("replicas", "1", "grpc_c64", rps)),
     }
+
+
+class Goal(NamedTuple):
+    """One line of the targets table: a measured figure against a goal (``op`` None: shown, no goal)."""
+
+    name: str
+    measured: float | None
+    op: str | None = None
+    goal: float = 0.0
+    unit: str = ""
+    oip: bool = False  # from the OIP side-by-side table (what `--only peers` prints)
+
+    def result(self) -> str:
+        if self.measured is None:
+            return "not run"
+        if self.op is None:
+            return "-"
+        met = self.measured >= self.goal if self.op == ">=" else self.measured <= self.goal
+        return "pass" if met else "MISS"
+
+
+def goals(r: dict[str, Any]) -> list[Goal]:
+    """Issue #13's targets (first block) and the earlier ones, from the ratios and the runs."""
+    q = r.get("ratios") or ratios(r)
+    switching = _at(r, "reload", "switching")
+    oip = _at(r, "oip", "targets") or {}
+    rss = [_at(oip[key], "peak_rss_mb") for key in oip if key.startswith("tensorgate")] + [r.get("server_peak_rss_mb")]
+    rss = [value for value in rss if value is not None]
+    return [
+        Goal("OIP c64 req/s: tensorgate / MLServer", q["tensorgate_vs_mlserver_c64_rps"], ">=", 2.0, oip=True),
+        Goal("OIP c64 p99: tensorgate / MLServer", q["tensorgate_vs_mlserver_c64_p99"], "<=", 0.5, oip=True),
+        Goal("OIP c64 req/s: tensorgate --runtime tensorflow / MLServer", q["tensorgate_tf_vs_mlserver_c64_rps"],
+             ">=", 1.2, oip=True),
+        Goal("OIP c64 CPU/request: tensorgate / echo", q["tensorgate_vs_echo_cpu_us_c64"], "<=", 1.8, oip=True),
+        Goal("OIP c1 p50: tensorgate / echo", q["tensorgate_vs_echo_c1_p50"], "<=", 1.3, oip=True),
+        Goal(f"StreamPredict / in-process batch 256 ({r.get('serving_runtime', 'signature')})",
+             q["stream_vs_in_process_256"], ">=", 0.5),
+        Goal("REST c64 / direct gRPC c64, req/s", q["rest_vs_grpc_c64_rps"], ">=", 0.8),
+        Goal("REST c64 / direct gRPC c64, p99", q["rest_vs_grpc_c64_p99"], "<=", 1.5),
+        Goal("OIP c64 req/s: tensorgate --workers 2 / 1 process", q["workers_2_vs_1_c64_rps"], oip=True),
+        Goal("OIP c64 req/s: tensorgate / KServe", q["tensorgate_vs_kserve_c64_rps"], oip=True),
+        Goal("throughput with tracing at 10% / off (c16)", q["tracing_10pct_vs_off"], ">=", 0.95),
+        Goal("peak RSS per server process (tensorgate)", max(rss) if rss else None, "<=", 1024, " MB", oip=True),
+        Goal("unary c64 (batching on) / echo servicer", q["unary_c64_vs_echo"], ">=", 0.7),
+        Goal("batching on / off at c64", q["batching_on_vs_off_c64"], ">=", 1.8),
+        Goal("p99 at c64, batching on", _at(r, "batching_on", 64, "p99_ms"), "<=", q["p99_c64_budget_ms"] or 0, " ms"),
+        Goal("REST added p50 at c1", q["rest_added_p50_ms_c1"], "<=", 1.0, " ms"),
+        Goal("p99 during a version switch / steady (c16)", q["reload_p99_vs_steady"], "<=", 2.0),
+        Goal(
+            "failed requests during the switch",
+            switching["errors"] + switching["answers_not_run_by_model"] if switching else None, "<=", 0,
+        ),
+        Goal("gRPC through Envoy c64: 2 replicas / 1", q["grpc_2_replicas_vs_1"]),
+    ]  # fmt: skip
+
+
+def print_goals(rows: list[Goal]) -> None:
+    print("\n| target | measured | goal | result |")
+    print("|---|---:|---|---|")
+    for row in rows:
+        measured = "" if row.measured is None else f"{_number(row.measured)}{row.unit}"
+        goal = f"{row.op} {_number(row.goal)}{row.unit}" if row.op else ""
+        print(f"| {row.name} | {measured} | {goal} | {row.result()} |")
+
+
+def print_oip_table(oip: dict[str, Any]) -> None:
+    print("\n| OIP ModelInfer, 1 image, h2load | c | req/s | p50 ms | p99 ms | errors | CPU µs/req | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for target in oip["targets"].values():
+        if "error" in target:
+            print(f"| {target['name']} | | failed: {target['error'][:80]} | | | | | |")
+            continue
+        for c, run in target["runs"].items():
+            errors = run["errors"] + run.get("answers_not_run_by_model", 0)
+            print(
+                f"| {target['name']} | {c} | {run['requests_per_s']:,.0f} | {run['p50_ms']:.2f} | "
+                f"{run['p99_ms']:.2f} | {errors} | {run['cpu_us_per_request']:.0f} | {target['peak_rss_mb']:.0f} |"
+            )
+    for note in oip["notes"]:
+        print(f"| {note} | | | | | | | |")
 
 
 def print_tls_table(runs: dict[str, Any]) -> None:
@@ -489,54 +965,48 @@ def print_replicas_table(runs: dict[str, Any]) -> None:
         print(f"| {kind.split('_')[0]}: 2 replicas / 1 | {ratio:.2f} | | | | |")
 
 
+def _cpu(run: dict[str, float]) -> str:
+    """Server CPU per request (its whole process tree: Envoy and the supervisor included where they run)."""
+    return f"{run['cpu_us_per_request']:.0f}" if "cpu_us_per_request" in run else ""
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
+
+
 def print_table(r: dict[str, Any]) -> None:
-    print("\n| measurement | req/s or examples/s | p50 ms | p99 ms | errors | mean batch |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for batch, rate in r["in_process_examples_per_s"].items():
-        print(f"| in-process signature, batch {batch} | {rate:,.0f} | | | | {batch} |")
+    print("\n| measurement | req/s or examples/s | p50 ms | p99 ms | errors | mean batch | CPU µs/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for runtime, rates in r["in_process_examples_per_s"].items():
+        for batch, rate in rates.items():
+            print(f"| in-process {runtime}, batch {batch} | {rate:,.0f} | | | | {batch} | |")
     for name in ("echo", "batching_on", "batching_off"):
         for c, run in r[name].items():
             errors = run["errors"] + run.get("answers_not_run_by_model", 0)
             mean_batch = f"{run['mean_batch']:.1f}" if "mean_batch" in run else ""
             print(
                 f"| {name.replace('_', ' ')} unary, concurrency {c} | {run['requests_per_s']:,.0f} | "
-                f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {errors} | {mean_batch} |"
+                f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {errors} | {mean_batch} | {_cpu(run)} |"
             )
     for c, run in r["rest"].items():
         print(
             f"| REST through Envoy (wrk), concurrency {c} | {run['requests_per_s']:,.0f} | "
-            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} | |"
+            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} | | |"
         )
-    print(f"| StreamPredict 10,000 images, 64/message | {r['stream']['images_per_s']:,.0f} | | | | |")
+    print(f"| StreamPredict 10,000 images, 64/message | {r['stream']['images_per_s']:,.0f} | | | | | |")
     for phase, run in r["tracing"].items():
         print(
             f"| unary c16, tracing {phase.replace('_', ' ')} | {run['requests_per_s']:,.0f} | "
-            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} | |"
+            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} | | {_cpu(run)} |"
         )
     for phase in ("steady", "switching"):
         run = r["reload"][phase]
         errors = run["errors"] + run["answers_not_run_by_model"]
         print(
             f"| unary c16, {phase} (reload case) | {run['requests_per_s']:,.0f} | "
-            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {errors} | |"
+            f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {errors} | | {_cpu(run)} |"
         )
-    print(f"| server peak RSS | {r['server_peak_rss_mb']:.0f} MB | | | | |")
-    q = r["ratios"]
-    p99 = r["batching_on"][64]["p99_ms"]
-    print("\n| target | measured | goal |")
-    print("|---|---:|---|")
-    print(f"| unary c64 (batching on) / echo servicer | {q['unary_c64_vs_echo']:.2f} | >= 0.70 |")
-    print(f"| batching on / off at c64 | {q['batching_on_vs_off_c64']:.2f} | >= 1.8 |")
-    print(f"| stream / in-process batch 256 | {q['stream_vs_in_process_256']:.2f} | >= 0.50 |")
-    print(f"| p99 at c64, batching on | {p99:.2f} ms | <= {q['p99_c64_budget_ms']:.2f} ms |")
-    print(f"| server peak RSS | {r['server_peak_rss_mb']:.0f} MB | <= 1024 MB |")
-    print(f"| REST c64 / direct gRPC c64 | {q['rest_vs_grpc_c64']:.2f} | >= 0.70 |")
-    print(f"| REST added p50 at c1 | {q['rest_added_p50_ms_c1']:.2f} ms | <= 1 ms |")
-    switching = r["reload"]["switching"]
-    failed = switching["errors"] + switching["answers_not_run_by_model"]
-    print(f"| p99 during a version switch / steady (c16) | {q['reload_p99_vs_steady']:.2f} | <= 2.0 |")
-    print(f"| failed requests during the switch | {failed} of {switching['done']} | 0 |")
-    print(f"| throughput with tracing at 10% / off (c16) | {q['tracing_10pct_vs_off']:.2f} | >= 0.95 |")
+    print(f"| server peak RSS | {r['server_peak_rss_mb']:.0f} MB | | | | | |")
 
 
 if __name__ == "__main__":
