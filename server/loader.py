@@ -31,7 +31,7 @@ from tensorgate.v1 import codec
 
 log = logging.getLogger(__name__)
 
-TIMED_CALLS = 5  # warm-up calls whose median wall-clock time is the servable's call_seconds
+TIMED_CALLS = 10  # warm-up calls whose median wall-clock time is the servable's call_seconds
 
 
 def load_version(version: VersionPath, signature_name: str, config: ModelConfig) -> Servable:
@@ -46,7 +46,7 @@ def load_version(version: VersionPath, signature_name: str, config: ModelConfig)
     if config.runtime == "tensorflow" or device.startswith("GPU"):
         return saved_model
     try:
-        lite = _tflite(version, saved_model.signature, inputs, expected if config.runtime == "auto" else None)
+        lite = _tflite(version, saved_model, inputs, expected if config.runtime == "auto" else None)
     except TfLiteUnavailable as exc:
         if config.runtime == "tflite":
             raise ModelLoadError(f"runtime tflite: {exc}") from None
@@ -57,12 +57,15 @@ def load_version(version: VersionPath, signature_name: str, config: ModelConfig)
 
 
 def _tflite(
-    version: VersionPath, signature: Signature, inputs: dict[str, np.ndarray], expected: dict[str, np.ndarray] | None
+    version: VersionPath,
+    saved_model: SavedModelRuntime,
+    inputs: dict[str, np.ndarray],
+    expected: dict[str, np.ndarray] | None,
 ) -> TfLiteRuntime:
     """The TFLite servable, warmed up; with ``expected``, only if its outputs on ``inputs`` match them."""
     # One interpreter thread per TensorFlow intra-op thread (configure_tensorflow sets them; 0 = one per core).
     num_threads = tf.config.threading.get_intra_op_parallelism_threads() or len(os.sched_getaffinity(0))
-    lite = load_tflite(version.path, signature, num_threads)
+    lite = load_tflite(version.path, saved_model.signature, saved_model.op_types(), num_threads)
     try:
         outputs = warm_up(lite, inputs)
     except ModelLoadError as exc:

@@ -1,13 +1,15 @@
 """TensorFlow runtime: one loaded SavedModel version and the cheapest way to call it.
 
 The serving signature is a concrete function. Calling it by keyword makes
-TensorFlow bind and flatten the arguments and check them against the
-signature on every call, in Python, holding the GIL; the server has already
-validated them. So the function is called flat (``_call_flat``: the input
-tensors in the order of its parameters, then its captured variables), which
-costs what the call itself costs. A v1 session callable on the same
-SavedModel measured no cheaper and needs a graph of its own, so there is one
-TensorFlow path, which also keeps device placement (GPUs) as it is.
+TensorFlow bind, flatten and check the arguments, look for a gradient tape and
+pack the outputs on every call, in Python, holding the GIL: on MNIST at batch
+1 that is half of the call. The server has already validated the inputs and
+never records gradients, so the function is called flat: the input tensors in
+the order of its parameters, then its captured variables, through its atomic
+(inference) function, the call ``_call_flat`` itself ends in when no tape is
+watching; outputs come back flat and are named here. A v1 session callable on
+the same SavedModel measured no cheaper and needs a graph of its own, so there
+is one TensorFlow path, which also keeps device placement (GPUs) as it is.
 """
 
 from __future__ import annotations
@@ -68,8 +70,18 @@ class SavedModelRuntime:
         self._input_order = list(self._function.function_type.parameters)
         if sorted(self._input_order) != sorted(self.signature.inputs):
             raise ModelLoadError(f"signature {signature_name!r} takes {self._input_order}, not its named inputs")
+        self._call_flat = self._function._inference_function.call_flat
+        self._output_order = tf.nest.flatten({name: name for name in self._function.structured_outputs})
         self.runtime = "tensorflow"
         self.call_seconds = 0.0  # measured by the loader's warm-up
+
+    def op_types(self) -> set[str]:
+        """Every op type in the signature's graph, nested functions included."""
+        graph = self._function.graph.as_graph_def()
+        types = {node.op for node in graph.node}
+        for function in graph.library.function:
+            types.update(node.op for node in function.node_def)
+        return types
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the signature on validated inputs; returns every output as an array.
@@ -80,7 +92,7 @@ class SavedModelRuntime:
         try:
             with tf.device(self.device):
                 tensors = [tf.constant(inputs[name]) for name in self._input_order]
-                outputs = self._function._call_flat(tensors, self._function.captured_inputs)
+                outputs = self._call_flat(*tensors, *self._function.captured_inputs)
         except tf.errors.InvalidArgumentError as exc:
             raise InvalidArgumentError(f"the model rejected the input: {exc.message}") from None
-        return {name: tensor.numpy() for name, tensor in outputs.items()}
+        return {name: tensor.numpy() for name, tensor in zip(self._output_order, outputs, strict=True)}

@@ -87,8 +87,12 @@ class TfLiteRuntime:
         return outputs
 
 
-def load_tflite(path: Path, signature: Signature, num_threads: int) -> TfLiteRuntime:
-    """The version at ``path`` as a TFLite runtime: shipped, cached or converted now. Raises TfLiteUnavailable."""
+def load_tflite(path: Path, signature: Signature, op_types: set[str], num_threads: int) -> TfLiteRuntime:
+    """The version at ``path`` as a TFLite runtime: shipped, cached or converted now. Raises TfLiteUnavailable.
+
+    ``op_types`` are the SavedModel's: the converter drops Assert ops, so a model that checks its inputs with
+    ``tf.debugging`` would accept what it refuses under TensorFlow; such a model is not converted.
+    """
     unsupported = [
         f"{kind} {name!r} is {codec.dtype_name(info.dtype)}"
         for kind, specs in (("input", signature.inputs), ("output", signature.outputs))
@@ -100,6 +104,8 @@ def load_tflite(path: Path, signature: Signature, num_threads: int) -> TfLiteRun
     shipped = path / SHIPPED_FILE
     if shipped.is_file():
         return TfLiteRuntime(shipped.read_bytes(), signature, num_threads)
+    if "Assert" in op_types:
+        raise TfLiteUnavailable("the model checks its inputs with Assert ops, which TFLite drops")
     cache, key = cache_dir(path), cache_key(path, signature.name)
     for entry in cache.glob(f"{key}-*.tflite") if cache else ():
         try:

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tensorgate.clients.datasets import MnistData
 from tensorgate.server.config import Runtime
+from tensorgate.server.errors import InvalidArgumentError
 from tensorgate.server.loader import load_version
 from tensorgate.server.model_config import ModelConfig
 from tensorgate.server.repository import VersionPath
@@ -48,6 +49,19 @@ def build_determinant_model(path: Path) -> None:
             return {"det": tf.linalg.det(m)}
 
     module = Determinant()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def build_checking_model(path: Path) -> None:
+    """A float32 model that refuses negative inputs with tf.debugging (an Assert op, which TFLite would drop)."""
+
+    class Checking(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            tf.debugging.assert_non_negative(x, message="x must be non-negative")
+            return {"y": x * 2.0}
+
+    module = Checking()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
@@ -119,6 +133,7 @@ def test_the_tensorflow_path_serves_every_dtype(tmp_path: Path) -> None:
     [
         (build_scorer_model, "TFLite serves no string or float64 tensors: input 'features' is float64"),
         (build_determinant_model, "TFLite has no builtin op for MatrixDeterminant"),
+        (build_checking_model, "the model checks its inputs with Assert ops, which TFLite drops"),
     ],
 )
 def test_models_tflite_cannot_run_fall_back_under_auto_and_are_refused_under_tflite(
@@ -132,6 +147,14 @@ def test_models_tflite_cannot_run_fall_back_under_auto_and_are_refused_under_tfl
     assert logged.startswith(reason)
     with pytest.raises(ModelLoadError, match=f"runtime tflite: {reason}"):
         load(tmp_path / "model", "tflite")
+
+
+def test_an_input_the_model_rejects_is_invalid_argument(tmp_path: Path) -> None:
+    build_checking_model(tmp_path / "model")
+    servable = load(tmp_path / "model", "auto")
+    np.testing.assert_array_equal(servable.predict({"x": np.ones((1, 4), np.float32)})["y"], [[2.0] * 4])
+    with pytest.raises(InvalidArgumentError, match="x must be non-negative"):
+        servable.predict({"x": -np.ones((1, 4), np.float32)})
 
 
 def test_a_shipped_model_tflite_is_served(tmp_path: Path) -> None:
