@@ -3,10 +3,12 @@
 The runtime follows the model's ``runtime`` setting:
 
 * ``tensorflow``: the SavedModel, called flat (server/runtime.py);
-* ``tflite``: the TFLite interpreter (server/tflite_runtime.py), or a failed load saying why;
+* ``tflite``: the TFLite interpreter (server/tflite_runtime.py), or a failed load saying why; outputs are
+  not compared (a shipped ``model.tflite`` may be quantized on purpose);
 * ``auto``: TFLite when the signature converts and, on the warm-up inputs, its outputs match TensorFlow's
   (floats within rtol 1e-4 / atol 1e-5, other dtypes exactly); otherwise TensorFlow, with one log line giving
-  the reason.
+  the reason. The warm-up inputs are zeros (empty strings) at batch 1: the check catches a conversion that
+  breaks the model, not every numerical difference.
 
 A version placed on a GPU always runs TensorFlow.
 """
