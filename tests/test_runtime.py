@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc_tools.protoc  # noqa: F401  (before TensorFlow, as in test_tfserving.py: test_contracts.py runs protoc)
 import numpy as np
 import pytest
 import tensorflow as tf
