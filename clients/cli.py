@@ -291,6 +291,7 @@ def _print_model(model: Model) -> None:
     for version in model.versions:
         line = f"  version {version.version}: {_state_name(version.state)}"
         line += f" on {version.device}" if version.device else ""
+        line += f" with {version.runtime}" if version.runtime else ""
         line += f" ({version.error})" if version.error else ""
         print(line)
 

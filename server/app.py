@@ -34,7 +34,7 @@ from tensorgate.server.grpc_services import (
 )
 from tensorgate.server.jwt_auth import JwtVerifier
 from tensorgate.server.manager import ModelManager
-from tensorgate.server.metrics import ModelStateCollector, start_metrics_server
+from tensorgate.server.metrics import ModelRuntimeCollector, ModelStateCollector, start_metrics_server
 from tensorgate.server.model_config import ModelConfig
 from tensorgate.server.rate_limit import RateLimiter
 from tensorgate.server.registry import ModelRegistry
@@ -57,7 +57,7 @@ async def serve(config: ServerConfig) -> None:
     limits = Limits(config.max_examples_per_request, config.max_tensor_elements, config.reject_non_finite)
     dataplane = DataPlane(registry, executor, config.model_workers, limits)
     authenticator = build_authenticator(config)
-    defaults = ModelConfig(device=config.device, batching=config.batching)
+    defaults = ModelConfig(device=config.device, runtime=config.runtime, batching=config.batching)
     manager = ModelManager(config.model_repository, registry, dataplane, config.signature_name, defaults)
     server = grpc.aio.server(
         options=[
@@ -96,6 +96,7 @@ async def serve(config: ServerConfig) -> None:
         server,
     )
     REGISTRY.register(ModelStateCollector(registry.states))
+    REGISTRY.register(ModelRuntimeCollector(registry.runtimes))
     start_metrics_server(config.host, config.metrics_port)
     address = f"{config.host}:{config.port}"
     credentials = server_credentials(config.tls)

@@ -22,6 +22,11 @@ ENV_PREFIX = "TENSORGATE_"
 NESTED = "__"  # TENSORGATE_BATCHING__MAX_BATCH_SIZE sets batching.max_batch_size
 MiB = 1024 * 1024
 DEVICE_PATTERN = r"^(auto|cpu|gpu:\d+)$"
+Runtime = Literal["auto", "tensorflow", "tflite"]
+RUNTIME_DESCRIPTION = (
+    "What runs a model on the CPU: tensorflow; tflite (or fail to load); auto = tflite when it converts and "
+    "matches TensorFlow's outputs at warm-up. GPUs always run TensorFlow."
+)
 # Kubernetes sets TENSORGATE_PORT=tcp://10.0.0.1:8500 in every pod of a namespace with a Service named tensorgate
 # (service links): such values are addresses of Services, never settings.
 SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
@@ -146,6 +151,7 @@ class ServerConfig(BaseModel):
     metrics_port: int = Field(8502, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint.")
     model_workers: int = Field(2, ge=1, description="Model calls run at once, on threads off the event loop.")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="Default device: auto, cpu or gpu:N.")
+    runtime: Runtime = Field("auto", description=f"Default runtime. {RUNTIME_DESCRIPTION}")
     intra_op_threads: int = Field(0, ge=0, description="TensorFlow threads within one op; 0 = one per core.")
     inter_op_threads: int = Field(0, ge=0, description="TensorFlow ops run in parallel; 0 = TensorFlow's choice.")
     batching: BatchingConfig = Field(

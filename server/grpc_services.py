@@ -465,6 +465,7 @@ def _version_status(version: ModelVersion) -> model_service_pb2.ModelVersionStat
         state=_STATES[version.state],
         error=version.error,
         device=version.servable.device if version.servable else "",
+        runtime=version.servable.runtime if version.servable else "",
     )
 
 

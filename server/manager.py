@@ -223,7 +223,15 @@ class ModelManager:
         )
         log.info(
             "model version available",
-            extra={"fields": {**fields, "device": runtime.device, "seconds": round(seconds, 3)}},
+            extra={
+                "fields": {
+                    **fields,
+                    "device": runtime.device,
+                    "runtime": runtime.runtime,
+                    "call_us": round(runtime.call_seconds * 1e6, 1),
+                    "seconds": round(seconds, 3),
+                }
+            },
         )
         return True
 
@@ -242,7 +250,8 @@ class ModelManager:
             return
         self._registry.put(dataclasses.replace(current, config=config, servable=runtime))
         await self._dataplane.retire(current)
-        log.info("model version reloaded", extra={"fields": {"model": current.model, "version": current.version}})
+        fields = {"model": current.model, "version": current.version, "runtime": runtime.runtime}
+        log.info("model version reloaded", extra={"fields": fields})
 
     async def _unload_versions(self, model: str, numbers: set[int]) -> None:
         for version in self._registry.versions(model):

@@ -95,6 +95,24 @@ class ModelStateCollector(Collector):
         yield family
 
 
+class ModelRuntimeCollector(Collector):
+    """``tensorgate_model_runtime_info{model,version,runtime} 1`` per available version: what runs it
+    (tensorflow or tflite), read from the registry at scrape time, so an unloaded version leaves no series."""
+
+    def __init__(self, runtimes: Callable[[], Iterable[tuple[str, str, str]]]) -> None:
+        self._runtimes = runtimes
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "tensorgate_model_runtime_info",
+            "Runtime serving each available model version (tensorflow or tflite).",
+            labels=["model", "version", "runtime"],
+        )
+        for labels in self._runtimes():
+            family.add_metric(list(labels), 1)
+        yield family
+
+
 def start_metrics_server(host: str, port: int) -> int:
     """Serve /metrics over HTTP on a background thread; returns the bound port (``port`` 0 picks one)."""
     server, _ = start_http_server(port, addr=host)

@@ -3,6 +3,7 @@
 Example::
 
     device = "gpu:0"
+    runtime = "tensorflow"
 
     [batching]
     max_batch_size = 64
@@ -18,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tensorgate.server.batching import BatchingConfig
-from tensorgate.server.config import DEVICE_PATTERN, merge_nested
+from tensorgate.server.config import DEVICE_PATTERN, RUNTIME_DESCRIPTION, Runtime, merge_nested
 from tensorgate.server.repository import is_version_number
 
 MODEL_CONFIG_FILE = "model.toml"
@@ -34,6 +35,7 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu or gpu:N.")
+    runtime: Runtime = Field("auto", description=RUNTIME_DESCRIPTION)
     batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Dynamic batching knobs.")
     version_policy: Literal["latest", "all", "specific"] = Field(
         "latest", description="Which versions on disk are served: the newest latest_count, all, or specific_versions."

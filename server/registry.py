@@ -99,6 +99,16 @@ class ModelRegistry:
         with self._lock:
             return [(model, v.state.value) for model, vs in self._models.items() for v in vs.values()]
 
+    def runtimes(self) -> list[tuple[str, str, str]]:
+        """(model, version, runtime) of every available version, for the runtime metric."""
+        with self._lock:
+            return [
+                (model, str(v.version), v.servable.runtime)
+                for model, vs in self._models.items()
+                for v in vs.values()
+                if v.state is VersionState.AVAILABLE and v.servable
+            ]
+
     def knows(self, model: str) -> bool:
         """True when ``model`` is in the registry (so that it may be a metric label)."""
         with self._lock:

@@ -38,10 +38,16 @@ class Signature:
 
 
 class Servable(Protocol):
-    """A loaded model version: its signature and a blocking call that runs it."""
+    """A loaded model version: its signature and a blocking call that runs it.
+
+    ``runtime`` names what runs it ("tensorflow" or "tflite"); ``call_seconds``
+    is the median wall-clock time of one call at batch 1, measured at warm-up.
+    """
 
     signature: Signature
     device: str
+    runtime: str
+    call_seconds: float
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
 def test_models_lists_states_and_signature(server: ServerProcess) -> None:
     listing = run_cli("models", "--target", server.target)
     assert listing.returncode == 0, listing.stderr
-    assert "mnist\n  version 1: available on " in listing.stdout
+    assert re.search(r"mnist\n  version 1: available on (CPU:0 with tflite|GPU:0 with tensorflow)\n", listing.stdout)
     assert "broken\n  version 1: failed (cannot load SavedModel" in listing.stdout
     one = run_cli("models", "mnist", "--target", server.target)
     assert "input keras_tensor: float32 [-1, 28, 28]" in one.stdout

@@ -24,10 +24,17 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     assert config.host == "127.0.0.1"
 
 
+def test_runtime_is_a_knob_like_any_other() -> None:
+    assert load_config(environ={}).runtime == "auto"
+    assert load_config(environ={"TENSORGATE_RUNTIME": "tflite"}).runtime == "tflite"
+    assert load_config(flags={"runtime": "tensorflow"}, environ={}).runtime == "tensorflow"
+
+
 @pytest.mark.parametrize(
     ("file_text", "environ", "message"),
     [
         ("port = 70000\n", {}, "port"),
+        ('runtime = "onnx"\n', {}, "runtime"),
         ("", {"TENSORGATE_MODEL_WORKERS": "zero"}, "model_workers"),
         ("prot = 1\n", {}, "prot"),
         ("port = \n", {}, "cannot read configuration file"),

@@ -16,8 +16,11 @@ F32, I64 = DataType.DATA_TYPE_FLOAT32, DataType.DATA_TYPE_INT64
 
 def test_file_overrides_server_defaults_key_by_key(tmp_path: Path) -> None:
     defaults = ModelConfig(batching=BatchingConfig(max_batch_size=64, max_queue_size=10))
-    (tmp_path / "model.toml").write_text("latest_count = 3\nlabels = {stable = 2}\n[batching]\nmax_batch_size = 8\n")
+    (tmp_path / "model.toml").write_text(
+        "latest_count = 3\nlabels = {stable = 2}\nruntime = 'tflite'\n[batching]\nmax_batch_size = 8\n"
+    )
     config = load_model_config(tmp_path, defaults)
+    assert (config.runtime, defaults.runtime) == ("tflite", "auto")
     assert (config.batching.max_batch_size, config.batching.max_queue_size) == (8, 10)
     assert (config.latest_count, config.labels) == (3, {"stable": 2})
     assert load_model_config(tmp_path / "missing", defaults) == defaults
@@ -31,6 +34,7 @@ def test_file_overrides_server_defaults_key_by_key(tmp_path: Path) -> None:
         ("labels = {'7' = 1}\n", "not a number"),
         ("[batching]\nmax_batch_size = 0\n", "max_batch_size"),
         ("device = 'tpu'\n", "device"),
+        ("runtime = 'onnx'\n", "runtime"),
         ("colour = 'blue'\n", "colour"),
         ("latest_count = \n", "model.toml"),
     ],

@@ -86,6 +86,17 @@ def test_list_models_and_status(client: TensorgateClient) -> None:
     assert client.model_status("empty").versions == []
 
 
+def test_status_and_metrics_show_the_runtime(server: ServerProcess, client: TensorgateClient) -> None:
+    """Under the default runtime "auto", MNIST on a CPU converts to TFLite (a GPU always runs TensorFlow); the
+    scorer's strings and float64 keep it on TensorFlow."""
+    [mnist] = client.model_status("mnist").versions
+    expected = "tflite" if mnist.device.startswith("CPU") else "tensorflow"
+    assert mnist.runtime == expected
+    assert client.model_status("scorer").versions[0].runtime == "tensorflow"
+    assert client.model_status("broken").versions[0].runtime == ""
+    assert server.metric("tensorgate_model_runtime_info", model="mnist", version="1", runtime=expected) == 1
+
+
 def test_metadata_describes_the_signature(client: TensorgateClient) -> None:
     metadata = client.model_metadata("mnist")
     assert (metadata.model, metadata.version, metadata.signature_name) == ("mnist", "1", "serving_default")

@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from tensorgate.v1 import tensor_pb2 as tensorgate_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tensorgate/v1/model_service.proto\x12\rtensorgate.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1atensorgate/v1/tensor.proto\"u\n\x12ModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .tensorgate.v1.ModelVersionState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\"\xab\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x08versions\x18\x02 \x03(\x0b\x32!.tensorgate.v1.ModelVersionStatus\x12\x30\n\x06labels\x18\x03 \x03(\x0b\x32 .tensorgate.v1.Model.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x13\n\x11ListModelsRequest\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tensorgate.v1.Model\"7\n\x15GetModelStatusRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"=\n\x16GetModelStatusResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tensorgate.v1.Model\"9\n\x17GetModelMetadataRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\xa9\x01\n\x18GetModelMetadataResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0esignature_name\x18\x03 \x01(\t\x12)\n\x06inputs\x18\x04 \x03(\x0b\x32\x19.tensorgate.v1.TensorSpec\x12*\n\x07outputs\x18\x05 \x03(\x0b\x32\x19.tensorgate.v1.TensorSpec\"2\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"8\n\x11LoadModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tensorgate.v1.Model\"4\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\":\n\x13UnloadModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tensorgate.v1.Model\"4\n\x12ReloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\":\n\x13ReloadModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tensorgate.v1.Model\"\x97\x01\n\x15SetModelLabelsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12@\n\x06labels\x18\x02 \x03(\x0b\x32\x30.tensorgate.v1.SetModelLabelsRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"=\n\x16SetModelLabelsResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tensorgate.v1.Model*\xbf\x01\n\x11ModelVersionState\x12#\n\x1fMODEL_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMODEL_VERSION_STATE_LOADING\x10\x01\x12!\n\x1dMODEL_VERSION_STATE_AVAILABLE\x10\x02\x12\x1e\n\x1aMODEL_VERSION_STATE_FAILED\x10\x03\x12!\n\x1dMODEL_VERSION_STATE_UNLOADING\x10\x04\x32\xcc\x07\n\x0cModelService\x12\x65\n\nListModels\x12 .tensorgate.v1.ListModelsRequest\x1a!.tensorgate.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12\xa2\x01\n\x0eGetModelStatus\x12$.tensorgate.v1.GetModelStatusRequest\x1a%.tensorgate.v1.GetModelStatusResponse\"C\x82\xd3\xe4\x93\x02=\x12\x12/v1/models/{model}Z\'\x12%/v1/models/{model}/versions/{version}\x12\xba\x01\n\x10GetModelMetadata\x12&.tensorgate.v1.GetModelMetadataRequest\x1a\'.tensorgate.v1.GetModelMetadataResponse\"U\x82\xd3\xe4\x93\x02O\x12\x1b/v1/models/{model}/metadataZ0\x12./v1/models/{model}/versions/{version}/metadata\x12r\n\tLoadModel\x12\x1f.tensorgate.v1.LoadModelRequest\x1a .tensorgate.v1.LoadModelResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/models/{model}:load:\x01*\x12z\n\x0bUnloadModel\x12!.tensorgate.v1.UnloadModelRequest\x1a\".tensorgate.v1.UnloadModelResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/models/{model}:unload:\x01*\x12z\n\x0bReloadModel\x12!.tensorgate.v1.ReloadModelRequest\x1a\".tensorgate.v1.ReloadModelResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/models/{model}:reload:\x01*\x12\x86\x01\n\x0eSetModelLabels\x12$.tensorgate.v1.SetModelLabelsRequest\x1a%.tensorgate.v1.SetModelLabelsResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/models/{model}:setLabels:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tensorgate/v1/model_service.proto\x12\rtensorgate.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1atensorgate/v1/tensor.proto\"\x86\x01\n\x12ModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .tensorgate.v1.ModelVersionState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x0f\n\x07runtime\x18\x05 \x01(\t\"\xab\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x08versions\x18\x02 \x03(\x0b\x32!.tensorgate.v1.ModelVersionStatus\x12\x30\n\x06labels\x18\x03 \x03(\x0b\x32 .tensorgate.v1.Model.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x13\n\x11ListModelsRequest\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tensorgate.v1.Model\"7\n\x15GetModelStatusRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"=\n\x16GetModelStatusResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tensorgate.v1.Model\"9\n\x17GetModelMetadataRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\xa9\x01\n\x18GetModelMetadataResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0esignature_name\x18\x03 \x01(\t\x12)\n\x06inputs\x18\x04 \x03(\x0b\x32\x19.tensorgate.v1.TensorSpec\x12*\n\x07outputs\x18\x05 \x03(\x0b\x32\x19.tensorgate.v1.TensorSpec\"2\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"8\n\x11LoadModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tensorgate.v1.Model\"4\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\":\n\x13UnloadModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tensorgate.v1.Model\"4\n\x12ReloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\":\n\x13ReloadModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tensorgate.v1.Model\"\x97\x01\n\x15SetModelLabelsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12@\n\x06labels\x18\x02 \x03(\x0b\x32\x30.tensorgate.v1.SetModelLabelsRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"=\n\x16SetModelLabelsResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.tensorgate.v1.Model*\xbf\x01\n\x11ModelVersionState\x12#\n\x1fMODEL_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMODEL_VERSION_STATE_LOADING\x10\x01\x12!\n\x1dMODEL_VERSION_STATE_AVAILABLE\x10\x02\x12\x1e\n\x1aMODEL_VERSION_STATE_FAILED\x10\x03\x12!\n\x1dMODEL_VERSION_STATE_UNLOADING\x10\x04\x32\xcc\x07\n\x0cModelService\x12\x65\n\nListModels\x12 .tensorgate.v1.ListModelsRequest\x1a!.tensorgate.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12\xa2\x01\n\x0eGetModelStatus\x12$.tensorgate.v1.GetModelStatusRequest\x1a%.tensorgate.v1.GetModelStatusResponse\"C\x82\xd3\xe4\x93\x02=\x12\x12/v1/models/{model}Z\'\x12%/v1/models/{model}/versions/{version}\x12\xba\x01\n\x10GetModelMetadata\x12&.tensorgate.v1.GetModelMetadataRequest\x1a\'.tensorgate.v1.GetModelMetadataResponse\"U\x82\xd3\xe4\x93\x02O\x12\x1b/v1/models/{model}/metadataZ0\x12./v1/models/{model}/versions/{version}/metadata\x12r\n\tLoadModel\x12\x1f.tensorgate.v1.LoadModelRequest\x1a .tensorgate.v1.LoadModelResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/models/{model}:load:\x01*\x12z\n\x0bUnloadModel\x12!.tensorgate.v1.UnloadModelRequest\x1a\".tensorgate.v1.UnloadModelResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/models/{model}:unload:\x01*\x12z\n\x0bReloadModel\x12!.tensorgate.v1.ReloadModelRequest\x1a\".tensorgate.v1.ReloadModelResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/models/{model}:reload:\x01*\x12\x86\x01\n\x0eSetModelLabels\x12$.tensorgate.v1.SetModelLabelsRequest\x1a%.tensorgate.v1.SetModelLabelsResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/models/{model}:setLabels:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,44 +51,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELSERVICE'].methods_by_name['ReloadModel']._serialized_options = b'\202\323\344\223\002\036\"\031/v1/models/{model}:reload:\001*'
   _globals['_MODELSERVICE'].methods_by_name['SetModelLabels']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['SetModelLabels']._serialized_options = b'\202\323\344\223\002!\"\034/v1/models/{model}:setLabels:\001*'
-  _globals['_MODELVERSIONSTATE']._serialized_start=1391
-  _globals['_MODELVERSIONSTATE']._serialized_end=1582
-  _globals['_MODELVERSIONSTATUS']._serialized_start=110
-  _globals['_MODELVERSIONSTATUS']._serialized_end=227
-  _globals['_MODEL']._serialized_start=230
-  _globals['_MODEL']._serialized_end=401
-  _globals['_MODEL_LABELSENTRY']._serialized_start=356
-  _globals['_MODEL_LABELSENTRY']._serialized_end=401
-  _globals['_LISTMODELSREQUEST']._serialized_start=403
-  _globals['_LISTMODELSREQUEST']._serialized_end=422
-  _globals['_LISTMODELSRESPONSE']._serialized_start=424
-  _globals['_LISTMODELSRESPONSE']._serialized_end=482
-  _globals['_GETMODELSTATUSREQUEST']._serialized_start=484
-  _globals['_GETMODELSTATUSREQUEST']._serialized_end=539
-  _globals['_GETMODELSTATUSRESPONSE']._serialized_start=541
-  _globals['_GETMODELSTATUSRESPONSE']._serialized_end=602
-  _globals['_GETMODELMETADATAREQUEST']._serialized_start=604
-  _globals['_GETMODELMETADATAREQUEST']._serialized_end=661
-  _globals['_GETMODELMETADATARESPONSE']._serialized_start=664
-  _globals['_GETMODELMETADATARESPONSE']._serialized_end=833
-  _globals['_LOADMODELREQUEST']._serialized_start=835
-  _globals['_LOADMODELREQUEST']._serialized_end=885
-  _globals['_LOADMODELRESPONSE']._serialized_start=887
-  _globals['_LOADMODELRESPONSE']._serialized_end=943
-  _globals['_UNLOADMODELREQUEST']._serialized_start=945
-  _globals['_UNLOADMODELREQUEST']._serialized_end=997
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=999
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1057
-  _globals['_RELOADMODELREQUEST']._serialized_start=1059
-  _globals['_RELOADMODELREQUEST']._serialized_end=1111
-  _globals['_RELOADMODELRESPONSE']._serialized_start=1113
-  _globals['_RELOADMODELRESPONSE']._serialized_end=1171
-  _globals['_SETMODELLABELSREQUEST']._serialized_start=1174
-  _globals['_SETMODELLABELSREQUEST']._serialized_end=1325
-  _globals['_SETMODELLABELSREQUEST_LABELSENTRY']._serialized_start=356
-  _globals['_SETMODELLABELSREQUEST_LABELSENTRY']._serialized_end=401
-  _globals['_SETMODELLABELSRESPONSE']._serialized_start=1327
-  _globals['_SETMODELLABELSRESPONSE']._serialized_end=1388
-  _globals['_MODELSERVICE']._serialized_start=1585
-  _globals['_MODELSERVICE']._serialized_end=2557
+  _globals['_MODELVERSIONSTATE']._serialized_start=1409
+  _globals['_MODELVERSIONSTATE']._serialized_end=1600
+  _globals['_MODELVERSIONSTATUS']._serialized_start=111
+  _globals['_MODELVERSIONSTATUS']._serialized_end=245
+  _globals['_MODEL']._serialized_start=248
+  _globals['_MODEL']._serialized_end=419
+  _globals['_MODEL_LABELSENTRY']._serialized_start=374
+  _globals['_MODEL_LABELSENTRY']._serialized_end=419
+  _globals['_LISTMODELSREQUEST']._serialized_start=421
+  _globals['_LISTMODELSREQUEST']._serialized_end=440
+  _globals['_LISTMODELSRESPONSE']._serialized_start=442
+  _globals['_LISTMODELSRESPONSE']._serialized_end=500
+  _globals['_GETMODELSTATUSREQUEST']._serialized_start=502
+  _globals['_GETMODELSTATUSREQUEST']._serialized_end=557
+  _globals['_GETMODELSTATUSRESPONSE']._serialized_start=559
+  _globals['_GETMODELSTATUSRESPONSE']._serialized_end=620
+  _globals['_GETMODELMETADATAREQUEST']._serialized_start=622
+  _globals['_GETMODELMETADATAREQUEST']._serialized_end=679
+  _globals['_GETMODELMETADATARESPONSE']._serialized_start=682
+  _globals['_GETMODELMETADATARESPONSE']._serialized_end=851
+  _globals['_LOADMODELREQUEST']._serialized_start=853
+  _globals['_LOADMODELREQUEST']._serialized_end=903
+  _globals['_LOADMODELRESPONSE']._serialized_start=905
+  _globals['_LOADMODELRESPONSE']._serialized_end=961
+  _globals['_UNLOADMODELREQUEST']._serialized_start=963
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1015
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1017
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1075
+  _globals['_RELOADMODELREQUEST']._serialized_start=1077
+  _globals['_RELOADMODELREQUEST']._serialized_end=1129
+  _globals['_RELOADMODELRESPONSE']._serialized_start=1131
+  _globals['_RELOADMODELRESPONSE']._serialized_end=1189
+  _globals['_SETMODELLABELSREQUEST']._serialized_start=1192
+  _globals['_SETMODELLABELSREQUEST']._serialized_end=1343
+  _globals['_SETMODELLABELSREQUEST_LABELSENTRY']._serialized_start=374
+  _globals['_SETMODELLABELSREQUEST_LABELSENTRY']._serialized_end=419
+  _globals['_SETMODELLABELSRESPONSE']._serialized_start=1345
+  _globals['_SETMODELLABELSRESPONSE']._serialized_end=1406
+  _globals['_MODELSERVICE']._serialized_start=1603
+  _globals['_MODELSERVICE']._serialized_end=2575
 # @@protoc_insertion_point(module_scope)

@@ -23,16 +23,18 @@ MODEL_VERSION_STATE_FAILED: ModelVersionState
 MODEL_VERSION_STATE_UNLOADING: ModelVersionState
 
 class ModelVersionStatus(_message.Message):
-    __slots__ = ("version", "state", "error", "device")
+    __slots__ = ("version", "state", "error", "device", "runtime")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     version: str
     state: ModelVersionState
     error: str
     device: str
-    def __init__(self, version: _Optional[str] = ..., state: _Optional[_Union[ModelVersionState, str]] = ..., error: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    runtime: str
+    def __init__(self, version: _Optional[str] = ..., state: _Optional[_Union[ModelVersionState, str]] = ..., error: _Optional[str] = ..., device: _Optional[str] = ..., runtime: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "versions", "labels")
