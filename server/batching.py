@@ -16,8 +16,8 @@ Two things adapt to what is measured, never to a guess:
 * Where the model runs: a model whose measured calls are cheap enough
   (``INLINE_BUDGET_S`` for the batch at hand) is called on the event loop,
   saving the hand-off to a worker thread and back; anything slower runs on the
-  worker pool so that the loop keeps answering. The first calls always run on
-  the pool, since nothing is measured yet.
+  worker pool so that the loop keeps answering. The estimate starts from the
+  call time the runtime measured at warm-up and follows every call after.
 
 A full queue refuses at once (RESOURCE_EXHAUSTED with a retry hint) instead
 of blocking; requests whose caller cancelled or whose deadline passed are
@@ -130,7 +130,7 @@ class Batcher:
         self._running: set[asyncio.Task[None]] = set()
         self._recent_batch_s = 0.01
         self._recent_requests = 1.0  # requests per batch, running average: how dense arrivals are
-        self._seconds_per_example: float | None = None  # model call time, running average; None until measured
+        self._seconds_per_example = servable.call_seconds  # model call time per example, running average
         labels = {"model": model, "version": str(version)}
         self._name = f"{model}/{version}"
         self._depth = metrics.QUEUE_DEPTH.labels(**labels)
@@ -200,7 +200,7 @@ class Batcher:
 
     def _runs_inline(self, examples: int) -> bool:
         """Whether a call on ``examples`` is expected to fit ``INLINE_BUDGET_S`` (from measured calls)."""
-        return self._seconds_per_example is not None and self._seconds_per_example * examples <= INLINE_BUDGET_S
+        return self._seconds_per_example * examples <= INLINE_BUDGET_S
 
     async def _form_batch(self) -> list[_Request]:
         first = await self._next_live()

@@ -31,7 +31,8 @@ class FakeModel:
 
     signature: Signature = SIGNATURE
     device: str = "CPU:0"
-    call_seconds: float = 0.0  # how long each call takes, on the wall clock
+    call_seconds: float = 0.0  # what the runtime measured at warm-up (the batcher's first estimate)
+    sleep_s: float = 0.0  # how long each call really takes, on the wall clock
     calls: list[tuple[int, str]] = field(default_factory=list)
     gate: threading.Event = field(default_factory=threading.Event)
     entered: threading.Event = field(default_factory=threading.Event)
@@ -43,8 +44,8 @@ class FakeModel:
         self.calls.append((len(inputs["x"]), threading.current_thread().name))
         self.entered.set()
         self.gate.wait(timeout=60)
-        if self.call_seconds:
-            time.sleep(self.call_seconds)
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
         return {"y": inputs["x"] * 2}
 
 
@@ -101,28 +102,41 @@ def test_dense_arrivals_wait_for_a_batch_as_full_as_recent_ones(executor: Thread
     asyncio.run(scenario())
 
 
-def test_cheap_model_runs_on_the_event_loop_after_its_first_measured_call(executor: ThreadPoolExecutor) -> None:
+def test_cheap_model_runs_on_the_event_loop(executor: ThreadPoolExecutor) -> None:
     async def scenario() -> None:
-        model = FakeModel()
+        model = FakeModel(call_seconds=0.00001)
+        b = batcher(model, executor)
+        for value in range(5):
+            await predict(b, value)
+        await b.close()
+        assert [thread for _, thread in model.calls] == [threading.current_thread().name] * 5
+
+    asyncio.run(scenario())
+
+
+def test_model_moves_onto_the_loop_once_its_calls_measure_cheap(executor: ThreadPoolExecutor) -> None:
+    async def scenario() -> None:
+        model = FakeModel(call_seconds=0.002)  # slow at warm-up, instant since
+        b = batcher(model, executor)
+        for value in range(30):
+            await predict(b, value)
+        await b.close()
+        threads = [thread for _, thread in model.calls]
+        assert threads[0].startswith("model"), "the warm-up estimate puts the first call on the pool"
+        assert threads[-1] == threading.current_thread().name
+
+    asyncio.run(scenario())
+
+
+def test_slow_model_leaves_the_event_loop(executor: ThreadPoolExecutor) -> None:
+    async def scenario() -> None:
+        model = FakeModel(sleep_s=0.005)  # cheap at warm-up, ten times the inline budget since
         b = batcher(model, executor)
         for value in range(5):
             await predict(b, value)
         await b.close()
         threads = [thread for _, thread in model.calls]
-        assert threads[0].startswith("model"), "nothing measured yet: the first call runs on the pool"
-        assert threads[1:] == [threading.current_thread().name] * 4
-
-    asyncio.run(scenario())
-
-
-def test_slow_model_stays_off_the_event_loop(executor: ThreadPoolExecutor) -> None:
-    async def scenario() -> None:
-        model = FakeModel(call_seconds=0.005)  # ten times the inline budget for one example
-        b = batcher(model, executor)
-        for value in range(5):
-            await predict(b, value)
-        await b.close()
-        assert all(thread.startswith("model") for _, thread in model.calls)
+        assert all(thread.startswith("model") for thread in threads[1:])
 
     asyncio.run(scenario())
 
