@@ -224,9 +224,8 @@ class TensorgateClient:
 
     def list_models(self) -> list[Model]:
         """Every model of the server with its versions' states."""
-        return list(
-            self._pick().models.ListModels(ListModelsRequest(), timeout=self._timeout_s, metadata=self._metadata()).models
-        )
+        request = ListModelsRequest()
+        return list(self._pick().models.ListModels(request, timeout=self._timeout_s, metadata=self._metadata()).models)
 
     def model_status(self, model: str, version: str = "") -> Model:
         """The state of a model's versions (or of one version)."""
