@@ -129,6 +129,11 @@ async def serve(config: ServerConfig) -> None:
         log.info("serving", extra={"fields": {"models": registry.model_names()}})
     watcher = asyncio.create_task(manager.watch(config.poll_interval_s)) if config.poll_interval_s else None
     await stopping
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # Further signals change nothing, during the drain and after the loop closes: a signal to a process group
+        # (systemd's stop, a terminal's Ctrl-C, timeout) reaches a worker both directly and from its supervisor.
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
     if watcher is not None:
         watcher.cancel()
 

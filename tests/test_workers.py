@@ -81,7 +81,7 @@ def predict_requests_by_pid(server: ServerProcess) -> Counter[int]:
         pid = int(path.stem.removeprefix("counter_"))
         for family in MultiProcessCollector.merge([str(path)]):
             for sample in family.samples:
-                if sample.name == "tensorgate_requests_total" and sample.labels["method"] == "Predict":
+                if sample.name == "tensorgate_requests_total" and sample.labels["method"] == "predict":
                     counts[pid] += int(sample.value)
     return counts
 
@@ -94,7 +94,7 @@ def scraped_predict_requests(server: ServerProcess) -> int:
         int(sample.value)
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "tensorgate_requests_total" and sample.labels["method"] == "Predict"
+        if sample.name == "tensorgate_requests_total" and sample.labels["method"] == "predict"
     )
 
 
