@@ -242,7 +242,10 @@ def test_sigterm_under_load_drains_every_worker(
         load = Load(server, batch)
         pids = set(worker_pids(server).values())
         wait_for(
-            lambda: {pid for pid, n in predict_requests_by_pid(server).items() if n > before[pid]} >= pids,
+            lambda: (
+                {pid for pid, n in predict_requests_by_pid(server).items() if n > before[pid]} >= pids
+                and load.outcomes["OK"] >= 100
+            ),
             "the load to reach both workers",
         )
         server.process.send_signal(signal.SIGTERM)
