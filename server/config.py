@@ -106,7 +106,7 @@ class ServerConfig(BaseModel):
         "127.0.0.1", description="Address of Envoy's admin port; it can change Envoy's state, so loopback by default."
     )
     replicas: int = Field(
-        1, ge=1, description="Server processes behind the one Envoy; replica i uses port+i, metrics_port+i."
+        1, ge=1, description="Servers behind the one Envoy; replica i (all its workers) uses port+i, metrics_port+i."
     )
     workers: int = Field(
         1,

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -106,9 +107,15 @@ def mnist_only(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="module")
-def workers(mnist_only: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def health_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def workers(mnist_only: Path, health_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("workers") / "workers.log"
-    server = start_server(mnist_only, log, "--workers", "2", "--model-workers", "1", "--intra-op-threads", "1")
+    flags = ["--workers", "2", "--model-workers", "1", "--intra-op-threads", "1", "--health-port", str(health_port)]
+    server = start_server(mnist_only, log, *flags)
     wait_all_serving(server)
     yield server
     assert server.stop() == 0, server.log()[-3000:]
@@ -156,6 +163,13 @@ def test_calls_spread_over_both_workers_and_metrics_add_up(
     for _ in range(6):
         assert scraped_predict_requests(workers) - before == sent
     assert sum(predict_requests_by_pid(workers).values()) == scraped_predict_requests(workers)
+
+
+def test_workers_share_the_health_port(workers: ServerProcess, health_port: int) -> None:
+    for _ in range(6):  # a new connection each: either worker answers
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_killed_worker_is_restarted_and_serves(workers: ServerProcess, batch: tuple[np.ndarray, np.ndarray]) -> None:
