@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tensorgate.clients.client import TensorgateClient
 from tensorgate.clients.datasets import MnistData
 from tensorgate.server.config import ConfigError, load_config
+from tensorgate.server.supervisor import server_processes
 
 from conftest import CLI, ServerProcess, free_port, mnist_inputs, start_server
 
@@ -300,3 +301,16 @@ def test_workers_setting() -> None:
 def test_client_channels_must_be_positive() -> None:
     with pytest.raises(ValueError, match="channels"):
         TensorgateClient("127.0.0.1:1", channels=0)
+
+
+def test_replicas_and_workers_compose(tmp_path: Path) -> None:
+    """Each replica's port is shared by its workers, which share one metrics directory per replica."""
+    config = load_config(flags={"replicas": "2", "workers": "2", "port": "9000", "metrics_port": "9100"})
+    processes = server_processes(config, [], tmp_path)
+    assert [p.name for p in processes] == ["server-0-w0", "server-0-w1", "server-1-w0", "server-1-w1"]
+    ports = [p.argv[p.argv.index("--port") + 1] for p in processes]
+    assert ports == ["9000", "9000", "9001", "9001"]
+    assert [p.argv[-1] for p in processes] == ["0", "1", "0", "1"]  # --worker-index
+    assert [p.metrics_dir for p in processes] == [tmp_path / "metrics-0"] * 2 + [tmp_path / "metrics-1"] * 2
+    single = server_processes(load_config(flags={"replicas": "2"}), [], tmp_path / "single")
+    assert [(p.name, p.metrics_dir) for p in single] == [("server-0", None), ("server-1", None)]
