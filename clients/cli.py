@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"train the reference MNIST model into <repository>/{REFERENCE_MODEL} when the repository has no model",
     )
+    serve.add_argument(
+        "--worker-index", type=int, help="set by the supervisor on the worker processes it starts (--workers)"
+    )
     _add_config_flags(serve)
 
     envoy_config = commands.add_parser(
@@ -131,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-NOT_CONFIG = ("command", "config", "train_if_empty", "assets_dir")  # arguments that are not ServerConfig fields
+# Arguments that are not ServerConfig fields.
+NOT_CONFIG = ("command", "config", "train_if_empty", "assets_dir", "worker_index")
 
 
 def _load_config(args: argparse.Namespace) -> ServerConfig:
@@ -155,7 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
     from tensorgate.server.json_logging import setup_logging
 
     config = _load_config(args)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, {} if args.worker_index is None else {"worker": args.worker_index})
     repository = config.model_repository
     if args.train_if_empty and not (repository.is_dir() and any(p.is_dir() for p in repository.iterdir())):
         from tensorgate.server.training import train_mnist
@@ -163,7 +167,8 @@ def _serve(args: argparse.Namespace) -> int:
         train_mnist(repository, REFERENCE_MODEL)
     if not repository.is_dir():
         raise FileNotFoundError(f"model repository {repository} does not exist (use --train-if-empty to create one)")
-    if config.gateway:  # the supervisor itself never imports TensorFlow: the server child does
+    # The supervisor itself never imports TensorFlow: the server children do.
+    if args.worker_index is None and (config.gateway or config.workers > 1):
         from tensorgate.server.supervisor import supervise
 
         return supervise(config, argv_of_serve(args))

@@ -83,6 +83,14 @@ class StreamItemError(RuntimeError):
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
+@dataclass(frozen=True)
+class _Stubs:
+    """The stubs of one channel."""
+
+    inference: inference_service_pb2_grpc.InferenceServiceStub
+    models: model_service_pb2_grpc.ModelServiceStub
+
+
 class TensorgateClient:
     """A connection to one tensorgate server (or to Envoy in front of it)."""
 
@@ -94,20 +102,40 @@ class TensorgateClient:
         api_key: str | None = None,
         token: str | None = None,
         tls: ClientTls | None = None,
+        channels: int = 1,
     ) -> None:
         """``api_key`` travels as ``x-api-key``, a JWT ``token`` as ``authorization: Bearer``; ``tls`` = None is
-        plaintext (loopback development)."""
+        plaintext (loopback development).
+
+        A channel is one HTTP/2 connection, which stays on one server process. ``channels`` > 1 opens that many
+        connections, each in a subchannel pool of its own (otherwise gRPC would share one connection between
+        them), and spreads calls over them round-robin, one stream per channel: that is how one client reaches
+        every worker of a server started with ``--workers``.
+        """
+        if channels < 1:
+            raise ValueError(f"channels must be at least 1, got {channels}")
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.service_config", RETRY_SERVICE_CONFIG),
         ]
-        if tls is None:
-            self._channel = grpc.insecure_channel(target, options=options)
-        else:
-            self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
-        self._inference = inference_service_pb2_grpc.InferenceServiceStub(self._channel)
-        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        if channels > 1:
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        credentials = None if tls is None else tls.credentials()
+        self._channels = [
+            grpc.insecure_channel(target, options=options)
+            if credentials is None
+            else grpc.secure_channel(target, credentials, options=options)
+            for _ in range(channels)
+        ]
+        self._stubs = [
+            _Stubs(
+                inference_service_pb2_grpc.InferenceServiceStub(channel),
+                model_service_pb2_grpc.ModelServiceStub(channel),
+            )
+            for channel in self._channels
+        ]
+        self._next_stubs = itertools.cycle(self._stubs)
         self._timeout_s = timeout_s
         self._input_names: dict[tuple[str, str], str] = {}
         self._credentials = ((("x-api-key", api_key),) if api_key else ()) + (
@@ -121,8 +149,9 @@ class TensorgateClient:
         self.close()
 
     def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
+        """Close the channels."""
+        for channel in self._channels:
+            channel.close()
 
     def predict(self, model: str, x: np.ndarray, version: str = "", output: str | None = None) -> np.ndarray:
         """Run a single-input model on the batch ``x``; returns its output (or the named one)."""
@@ -143,7 +172,7 @@ class TensorgateClient:
         for name, array in inputs.items():
             codec.encode_into(np.asarray(array), request.inputs[name])
         with _tracer.start_as_current_span("tensorgate.v1.InferenceService/Predict", kind=SpanKind.CLIENT):
-            response = self._inference.Predict(request, timeout=self._timeout_s, metadata=self._metadata())
+            response = self._pick().inference.Predict(request, timeout=self._timeout_s, metadata=self._metadata())
         return {name: codec.decode(tensor, name) for name, tensor in response.outputs.items()}
 
     def stream_predict(
@@ -186,7 +215,7 @@ class TensorgateClient:
                 yield request
 
         with _tracer.start_as_current_span("tensorgate.v1.InferenceService/StreamPredict", kind=SpanKind.CLIENT):
-            call = self._inference.StreamPredict(requests(), timeout=timeout_s, metadata=self._metadata())
+            call = self._pick().inference.StreamPredict(requests(), timeout=timeout_s, metadata=self._metadata())
         try:
             for response in call:
                 yield _outputs_of(response)
@@ -195,19 +224,22 @@ class TensorgateClient:
 
     def list_models(self) -> list[Model]:
         """Every model of the server with its versions' states."""
-        return list(
-            self._models.ListModels(ListModelsRequest(), timeout=self._timeout_s, metadata=self._metadata()).models
-        )
+        request = ListModelsRequest()
+        return list(self._pick().models.ListModels(request, timeout=self._timeout_s, metadata=self._metadata()).models)
 
     def model_status(self, model: str, version: str = "") -> Model:
         """The state of a model's versions (or of one version)."""
         request = GetModelStatusRequest(model=model, version=version)
-        return self._models.GetModelStatus(request, timeout=self._timeout_s, metadata=self._metadata()).model
+        return self._pick().models.GetModelStatus(request, timeout=self._timeout_s, metadata=self._metadata()).model
 
     def model_metadata(self, model: str, version: str = "") -> GetModelMetadataResponse:
         """The serving signature of a model version."""
         request = GetModelMetadataRequest(model=model, version=version)
-        return self._models.GetModelMetadata(request, timeout=self._timeout_s, metadata=self._metadata())
+        return self._pick().models.GetModelMetadata(request, timeout=self._timeout_s, metadata=self._metadata())
+
+    def _pick(self) -> _Stubs:
+        """The next channel's stubs, round-robin (``next`` on a cycle is atomic under the GIL: thread-safe)."""
+        return next(self._next_stubs)
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         """Credentials and the W3C trace context of the current span."""

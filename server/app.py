@@ -4,6 +4,12 @@ Start-up: the port opens at once with health NOT_SERVING, models load in the
 background, then health turns SERVING. Shutdown on SIGTERM or SIGINT follows
 grpcio-health-checking's order: report NOT_SERVING, stop taking calls and let
 in-flight ones finish (``shutdown_grace_s``), then release the model workers.
+
+With ``workers`` > 1 this process is one of the workers of a replica, started by
+the supervisor: the workers bind the same gRPC, health and metrics ports with
+SO_REUSEPORT and the kernel spreads connections over them. One worker alone
+keeps SO_REUSEPORT off, so that a second server never shares its port by
+accident.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import REGISTRY
 
 from tensorgate.server import kserve_v2, tfserving
 from tensorgate.server.auth import ApiKeyStore, Authenticator
@@ -34,7 +39,7 @@ from tensorgate.server.grpc_services import (
 )
 from tensorgate.server.jwt_auth import JwtVerifier
 from tensorgate.server.manager import ModelManager
-from tensorgate.server.metrics import ModelRuntimeCollector, ModelStateCollector, start_metrics_server
+from tensorgate.server.metrics import metrics_registry, start_metrics_server
 from tensorgate.server.model_config import ModelConfig
 from tensorgate.server.rate_limit import RateLimiter
 from tensorgate.server.registry import ModelRegistry
@@ -59,11 +64,12 @@ async def serve(config: ServerConfig) -> None:
     authenticator = build_authenticator(config)
     defaults = ModelConfig(device=config.device, runtime=config.runtime, batching=config.batching)
     manager = ModelManager(config.model_repository, registry, dataplane, config.signature_name, defaults)
+    shared_ports = config.workers > 1
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(shared_ports)),
         ]
     )
     limits = CallLimits(config.stream_window, config.max_stream_duration_s, config.max_request_timeout_s)
@@ -95,16 +101,21 @@ async def serve(config: ServerConfig) -> None:
         ],
         server,
     )
-    REGISTRY.register(ModelStateCollector(registry.states))
-    REGISTRY.register(ModelRuntimeCollector(registry.runtimes))
-    start_metrics_server(config.host, config.metrics_port)
+    start_metrics_server(
+        config.host,
+        config.metrics_port,
+        metrics_registry(registry.states, registry.runtimes, config.workers),
+        shared_ports,
+    )
     address = f"{config.host}:{config.port}"
     credentials = server_credentials(config.tls)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     await server.start()
     transport = "mtls" if config.tls.ca_file else "tls" if config.tls.enabled else "plaintext"
     log.info("listening", extra={"fields": {"address": f"{config.host}:{port}", "transport": transport}})
-    health_server = await start_health_server(health, config.host, config.health_port) if config.health_port else None
+    health_server = (
+        await start_health_server(health, config.host, config.health_port, shared_ports) if config.health_port else None
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -121,6 +132,11 @@ async def serve(config: ServerConfig) -> None:
         log.info("serving", extra={"fields": {"models": registry.model_names()}})
     watcher = asyncio.create_task(manager.watch(config.poll_interval_s)) if config.poll_interval_s else None
     await stopping
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # Further signals change nothing, during the drain and after the loop closes: a signal to a process group
+        # (systemd's stop, a terminal's Ctrl-C, timeout) reaches a worker both directly and from its supervisor.
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
     if watcher is not None:
         watcher.cancel()
 
@@ -140,9 +156,10 @@ async def serve(config: ServerConfig) -> None:
     log.info("stopped")
 
 
-async def start_health_server(health: HealthServicer, host: str, port: int) -> grpc.aio.Server:
-    """A plaintext port with grpc.health.v1 only, for probes that cannot speak (m)TLS, such as kubelet's."""
-    server = grpc.aio.server()
+async def start_health_server(health: HealthServicer, host: str, port: int, shared: bool) -> grpc.aio.Server:
+    """A plaintext port with grpc.health.v1 only, for probes that cannot speak (m)TLS, such as kubelet's; the
+    workers of a replica share it (``shared``), and a probe gets the state of the worker it reaches."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", int(shared))])
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     server.add_insecure_port(f"{host}:{port}")
     await server.start()

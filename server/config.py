@@ -111,7 +111,13 @@ class ServerConfig(BaseModel):
         "127.0.0.1", description="Address of Envoy's admin port; it can change Envoy's state, so loopback by default."
     )
     replicas: int = Field(
-        1, ge=1, description="Server processes behind the one Envoy; replica i uses port+i, metrics_port+i."
+        1, ge=1, description="Servers behind the one Envoy; replica i (all its workers) uses port+i, metrics_port+i."
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Server processes sharing each replica's gRPC, health and metrics ports (SO_REUSEPORT), "
+        "each with its own model copy and batcher; 'auto' = one per core.",
     )
     gateway_upstream: str = Field(
         "",
@@ -173,6 +179,13 @@ class ServerConfig(BaseModel):
     shutdown_grace_s: float = Field(30.0, ge=0, description="Seconds in-flight calls may take to finish on SIGTERM.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _resolve_workers(cls, value: Any) -> Any:
+        """'auto' becomes the number of cores this process may run on (its CPU affinity, which containers
+        narrow), here and nowhere else."""
+        return len(os.sched_getaffinity(0)) if value == "auto" else value
+
     @model_validator(mode="after")
     def _no_silent_plaintext(self) -> ServerConfig:
         """Plaintext beyond loopback is a decision someone writes down, never what happens by default."""
@@ -208,6 +221,15 @@ class ServerConfig(BaseModel):
             for name in ("gateway_port", "gateway_admin_port"):
                 if (port := getattr(self, name)) and port in taken:
                     raise ValueError(f"{name} {port} is also the {taken[port]} of a replica")
+        return self
+
+    @model_validator(mode="after")
+    def _workers_share_fixed_ports(self) -> ServerConfig:
+        """Workers share their ports by binding the same number: port 0 would give each a port of its own."""
+        if self.workers > 1:
+            for name in ("port", "metrics_port"):
+                if getattr(self, name) == 0:
+                    raise ValueError(f"{name} 0 picks a port per process: workers > 1 need a fixed {name}")
         return self
 
     @model_validator(mode="after")

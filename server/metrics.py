@@ -2,16 +2,29 @@
 
 Labels are bounded: model names and version numbers come from the repository,
 reasons from a fixed set; never a request id or user input.
+
+With several workers (``--workers``) the supervisor gives every worker of a
+replica the same ``PROMETHEUS_MULTIPROC_DIR``: prometheus_client then keeps
+each worker's values in a file of its own there, and whichever worker answers
+a scrape (they share the metrics port) sums every worker's files, so counters
+and histograms add up across workers and survive a worker's restart. Gauges
+say how they combine (``multiprocess_mode``; ignored by a single process).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from collections import Counter as Counter_
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
@@ -25,7 +38,12 @@ BATCH_SIZE = Histogram(
     ["model", "version"],
     buckets=BATCH_SIZE_BUCKETS,
 )
-QUEUE_DEPTH = Gauge("tensorgate_queue_depth", "Requests waiting in a model's batching queue.", ["model", "version"])
+QUEUE_DEPTH = Gauge(
+    "tensorgate_queue_depth",
+    "Requests waiting in a model's batching queue.",
+    ["model", "version"],
+    multiprocess_mode="livesum",
+)
 QUEUE_SECONDS = Histogram(
     "tensorgate_queue_duration_seconds",
     "Time a request waited in the batching queue before its batch started.",
@@ -74,16 +92,26 @@ REJECTED = Counter(
     "Requests refused before model work, by reason: invalid, overload, rate_limited, unauthenticated, unauthorized.",
     ["reason"],
 )
-STREAMS_IN_FLIGHT = Gauge("tensorgate_streams_in_flight", "StreamPredict streams open now.")
+STREAMS_IN_FLIGHT = Gauge(
+    "tensorgate_streams_in_flight", "StreamPredict streams open now.", multiprocess_mode="livesum"
+)
 QUEUE_CAPACITY = Gauge(
-    "tensorgate_queue_capacity", "max_queue_size of a model's batching queue (for saturation).", ["model", "version"]
+    "tensorgate_queue_capacity",
+    "max_queue_size of a model's batching queue (for saturation).",
+    ["model", "version"],
+    multiprocess_mode="livesum",  # summed like the depth, so that depth / capacity stays the share of all queues
 )
 UNKNOWN_MODEL = "_unknown"  # label for names that are not in the repository: labels never carry raw user input
 
 
 class ModelStateCollector(Collector):
     """``tensorgate_model_versions{model,state}``: how many versions of each model are in each state, read from
-    the registry at scrape time."""
+    the registry at scrape time.
+
+    With several workers this is the view of the worker answering the scrape: every worker loads the same
+    repository, so their views differ only while one is (re)loading, and a sum would count each version once
+    per worker.
+    """
 
     def __init__(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         self._states = states
@@ -113,9 +141,43 @@ class ModelRuntimeCollector(Collector):
         yield family
 
 
-def start_metrics_server(host: str, port: int) -> int:
-    """Serve /metrics over HTTP on a background thread; returns the bound port (``port`` 0 picks one)."""
-    server, _ = start_http_server(port, addr=host)
+class QuietHandler(WSGIRequestHandler):
+    """Answers scrapes without writing an access line per scrape to stderr (the log is JSON lines)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def metrics_registry(
+    states: Callable[[], Iterable[tuple[str, str]]],
+    runtimes: Callable[[], Iterable[tuple[str, str, str]]],
+    workers: int,
+) -> CollectorRegistry:
+    """What /metrics serves: this process's metrics, or with several workers every worker's (from the
+    multiprocess directory; no process_* metrics then, as they would describe the answering worker only), and
+    the model states and runtimes of this process."""
+    if workers == 1:
+        registry = REGISTRY
+    else:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    registry.register(ModelStateCollector(states))
+    registry.register(ModelRuntimeCollector(runtimes))
+    return registry
+
+
+def start_metrics_server(host: str, port: int, registry: CollectorRegistry, shared: bool) -> int:
+    """Serve /metrics over HTTP on a background thread; returns the bound port (``port`` 0 picks one).
+
+    ``shared``: bind with SO_REUSEPORT, so that the workers of a replica serve one metrics port.
+    """
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        allow_reuse_port = shared
+
+    server = make_server(host, port, make_wsgi_app(registry), Server, handler_class=QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     bound = server.server_address[1]
     log.info("metrics listening", extra={"fields": {"address": f"{host}:{bound}", "path": "/metrics"}})
     return int(bound)

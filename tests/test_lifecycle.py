@@ -115,7 +115,7 @@ def test_versions_switch_under_load_without_a_failed_request(
             shutil.copyfile(source / "saved_model.pb", root / "digits" / "3" / "saved_model.pb")
             wait_for(lambda: states(client) == {"3": AVAILABLE, "2": AVAILABLE})
             # A label moves: callers naming "stable" follow it.
-            stub = model_service_pb2_grpc.ModelServiceStub(client._channel)
+            stub = model_service_pb2_grpc.ModelServiceStub(client._channels[0])
             stub.SetModelLabels(SetModelLabelsRequest(model="digits", labels={"stable": 2}), timeout=10)
             labelled.add("stable")
             time.sleep(1)
