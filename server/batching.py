@@ -48,8 +48,8 @@ from tensorgate.server.tracing import child_span, tracer
 log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
-# A model call expected to take at most this long (measured time per example times examples) runs on the event loop.
-# Below it, the thread hand-off costs more than the call; above it, other requests would wait on the loop.
+# A model call expected to take at most this long runs on the event loop. Below it, the thread hand-off costs
+# more than the call; above it, other requests would wait on the loop.
 INLINE_BUDGET_S = 0.0005
 _SMOOTHING = 0.2  # weight of the newest measurement in the running averages below
 
@@ -130,7 +130,9 @@ class Batcher:
         self._running: set[asyncio.Task[None]] = set()
         self._recent_batch_s = 0.01
         self._recent_requests = 1.0  # requests per batch, running average: how dense arrivals are
-        self._seconds_per_example = servable.call_seconds  # model call time per example, running average
+        # Model call time by batch size class (the size's bit length: 1, 2-3, 4-7, ...), running averages; the
+        # runtime measured batch 1 at warm-up.
+        self._call_seconds = {1: servable.call_seconds}
         labels = {"model": model, "version": str(version)}
         self._name = f"{model}/{version}"
         self._depth = metrics.QUEUE_DEPTH.labels(**labels)
@@ -199,8 +201,12 @@ class Batcher:
             task.add_done_callback(self._running.discard)
 
     def _runs_inline(self, examples: int) -> bool:
-        """Whether a call on ``examples`` is expected to fit ``INLINE_BUDGET_S`` (from measured calls)."""
-        return self._seconds_per_example * examples <= INLINE_BUDGET_S
+        """Whether a call on ``examples`` is expected to fit ``INLINE_BUDGET_S``: the measured time of its size
+        class, or for a size not measured yet, the largest smaller one's scaled up as if time grew linearly with
+        the batch (it grows slower, so the guess errs toward the worker pool)."""
+        size_class = examples.bit_length()
+        known = max(c for c in self._call_seconds if c <= size_class)
+        return self._call_seconds[known] * 2 ** (size_class - known) <= INLINE_BUDGET_S
 
     async def _form_batch(self) -> list[_Request]:
         first = await self._next_live()
@@ -350,11 +356,9 @@ class Batcher:
                 loop = asyncio.get_running_loop()
                 outputs, seconds = await loop.run_in_executor(self._executor, _timed_call, self._servable, inputs)
         self._compute_seconds.observe(seconds)
-        per_example = seconds / padded
-        previous = self._seconds_per_example
-        self._seconds_per_example = (
-            per_example if previous is None else previous + _SMOOTHING * (per_example - previous)
-        )
+        size_class = padded.bit_length()
+        previous = self._call_seconds.get(size_class, seconds)
+        self._call_seconds[size_class] = previous + _SMOOTHING * (seconds - previous)
         self._batch_size.observe(examples)
         self._examples.inc(examples)
         if padded > examples:

@@ -128,6 +128,21 @@ def test_model_moves_onto_the_loop_once_its_calls_measure_cheap(executor: Thread
     asyncio.run(scenario())
 
 
+def test_a_batch_size_never_measured_runs_on_the_pool_first(executor: ThreadPoolExecutor) -> None:
+    async def scenario() -> None:
+        model = FakeModel(call_seconds=0.0001)  # batch 1 fits the budget; 64 times it would not
+        b = batcher(model, executor)
+        await predict(b, 1)
+        for _ in range(2):
+            await b.predict({"x": np.ones((64, 2), np.float32)}, 64, None)
+        await b.close()
+        loop_thread = threading.current_thread().name
+        assert model.calls == [(1, loop_thread), (64, model.calls[1][1]), (64, loop_thread)]
+        assert model.calls[1][1].startswith("model")
+
+    asyncio.run(scenario())
+
+
 def test_slow_model_leaves_the_event_loop(executor: ThreadPoolExecutor) -> None:
     async def scenario() -> None:
         model = FakeModel(sleep_s=0.005)  # cheap at warm-up, ten times the inline budget since
