@@ -70,6 +70,15 @@ class TfLiteRuntime:
         self._local = threading.local()
         _check_signature(self._runner(), signature)
 
+    @property
+    def num_threads(self) -> int:
+        """Threads of each interpreter."""
+        return self._num_threads
+
+    def with_threads(self, num_threads: int) -> TfLiteRuntime:
+        """The same model, run by interpreters of ``num_threads`` threads."""
+        return TfLiteRuntime(self._model, self.signature, num_threads)
+
     def _runner(self) -> Any:
         runner = getattr(self._local, "runner", None)
         if runner is None:
