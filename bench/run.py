@@ -70,6 +70,7 @@ MODEL = "mnist"
 OIP_PATH = "/inference.GRPCInferenceService/ModelInfer"
 OIP_CONCURRENCY = (1, 8, 64)
 EXAMPLES = "tensorgate_model_examples_total"
+BATCH_METRICS = (EXAMPLES, "tensorgate_batch_size_count")  # examples and model calls: their ratio is the mean batch
 PEERS_CACHE = ROOT / "bench" / ".peers"  # the peers' virtualenvs (git-ignored), reused across runs
 
 
@@ -453,6 +454,7 @@ class OipTarget:
     cwd: Path | None = None
     check_answer: bool = True  # the echo servicer answers zeros
     metrics_port: int | None = None  # tensorgate (one process): every answer counted on its model's metrics
+    connections: int = 1  # HTTP/2 connections the concurrency is spread over (a connection stays on one process)
 
 
 def serve_flags() -> set[str]:
@@ -515,13 +517,13 @@ def echo_target(tmp: Path, version: str) -> OipTarget:
     return OipTarget("echo servicer (grpc.aio)", argv, port, check_answer=False)
 
 
-def tensorgate_target(repository: Path, name: str, *extra: str) -> OipTarget:
+def tensorgate_target(repository: Path, name: str, *extra: str, connections: int = 1) -> OipTarget:
     """tensorgate without Envoy: the OIP service is on the server's own gRPC port."""
     port = free_port_block(16)  # room for --workers N taking metrics_port + i, as replicas do
     argv = [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--model-repository", str(repository)]
     argv += ["--gateway", "false", "--port", str(port), "--metrics-port", str(port + 8), *extra]
     one_process = "--workers" not in extra  # with workers, one metrics port sees only its own process
-    return OipTarget(name, argv, port, metrics_port=port + 8 if one_process else None)
+    return OipTarget(name, argv, port, metrics_port=port + 8 if one_process else None, connections=connections)
 
 
 def mlserver_target(model_dir: Path, tmp: Path) -> OipTarget:
@@ -616,12 +618,25 @@ def run_oip_target(
         if target.check_answer:
             check_model_infer(target.port, request, expected)
         for concurrency in OIP_CONCURRENCY:
-            before = metric_sum(target.metrics_port, EXAMPLES) if target.metrics_port else 0.0
+            before = [metric_sum(target.metrics_port, name) for name in BATCH_METRICS] if target.metrics_port else []
             log_file = tmp / f"oip-{target.port}-{concurrency}.log"
-            run = h2load(target.port, body, concurrency, seconds, log_file, path=OIP_PATH, server_pid=process.pid)
+            connections = min(target.connections, concurrency)
+            run = h2load(
+                target.port,
+                body,
+                concurrency // connections,
+                seconds,
+                log_file,
+                connections=connections,
+                path=OIP_PATH,
+                server_pid=process.pid,
+            )
             if target.metrics_port:
-                ran = metric_sum(target.metrics_port, EXAMPLES) - before
+                ran, batches = (
+                    metric_sum(target.metrics_port, n) - b for n, b in zip(BATCH_METRICS, before, strict=True)
+                )
                 run["answers_not_run_by_model"] = max(0, int(run["done"] - ran))
+                run["mean_batch"] = ran / batches if batches else 0.0
             result["runs"][concurrency] = run
         result["peak_rss_mb"] = peak_rss_per_process_mb(process.pid)
         return result
@@ -655,8 +670,13 @@ def oip_side_by_side(
     else:
         notes.append("tensorgate --runtime tensorflow: skipped, `tensorgate serve --help` has no --runtime")
     if "--workers" in flags:
+        # A connection stays on one process: two workers need two connections, and so does the process they
+        # are compared with.
+        targets["tensorgate_2_connections"] = lambda: tensorgate_target(
+            repository, "tensorgate, 2 connections", connections=2
+        )
         targets["tensorgate_workers_2"] = lambda: tensorgate_target(
-            repository, "tensorgate --workers 2", "--workers", "2"
+            repository, "tensorgate --workers 2, 2 connections", "--workers", "2", connections=2
         )
     else:
         notes.append("tensorgate --workers 2: skipped, `tensorgate serve --help` has no --workers")
@@ -841,7 +861,7 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
         "tensorgate_tf_vs_mlserver_c64_rps": vs("tensorgate_tf", "mlserver", 64, rps),
         "tensorgate_vs_echo_cpu_us_c64": vs("tensorgate", "echo", 64, "cpu_us_per_request"),
         "tensorgate_vs_echo_c1_p50": vs("tensorgate", "echo", 1, "p50_ms"),
-        "workers_2_vs_1_c64_rps": vs("tensorgate_workers_2", "tensorgate", 64, rps),
+        "workers_2_vs_1_c64_rps": vs("tensorgate_workers_2", "tensorgate_2_connections", 64, rps),
         "stream_vs_in_process_256": _ratio(stream, _at(in_process, r.get("serving_runtime"), 256)),
         "stream_vs_signature_256": _ratio(stream, _at(in_process, "signature", 256)),
         "stream_vs_tflite_256": _ratio(stream, _at(in_process, "tflite", 256)),
@@ -921,20 +941,25 @@ def print_goals(rows: list[Goal]) -> None:
 
 
 def print_oip_table(oip: dict[str, Any]) -> None:
-    print("\n| OIP ModelInfer, 1 image, h2load | c | req/s | p50 ms | p99 ms | errors | CPU µs/req | peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "\n| OIP ModelInfer, 1 image, h2load | c | req/s | p50 ms | p99 ms | errors | mean batch | CPU µs/req "
+        "| peak RSS MB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for target in oip["targets"].values():
         if "error" in target:
-            print(f"| {target['name']} | | failed: {target['error'][:80]} | | | | | |")
+            print(f"| {target['name']} | | failed: {target['error'][:80]} | | | | | | |")
             continue
         for c, run in target["runs"].items():
             errors = run["errors"] + run.get("answers_not_run_by_model", 0)
+            mean_batch = f"{run['mean_batch']:.1f}" if "mean_batch" in run else ""
             print(
                 f"| {target['name']} | {c} | {run['requests_per_s']:,.0f} | {run['p50_ms']:.2f} | "
-                f"{run['p99_ms']:.2f} | {errors} | {run['cpu_us_per_request']:.0f} | {target['peak_rss_mb']:.0f} |"
+                f"{run['p99_ms']:.2f} | {errors} | {mean_batch} | {run['cpu_us_per_request']:.0f} | "
+                f"{target['peak_rss_mb']:.0f} |"
             )
     for note in oip["notes"]:
-        print(f"| {note} | | | | | | | |")
+        print(f"| {note} | | | | | | | | |")
 
 
 def print_tls_table(runs: dict[str, Any]) -> None:
