@@ -8,7 +8,8 @@ Measures, on the MNIST reference model (trained into --repository if missing):
   * transport limit: a grpc.aio echo servicer with tensorgate's message sizes (requests/s);
   * unary Predict of one image at concurrency 1, 16, 64, batching on and off, load from h2load
     (requests/s, p50, p99, errors, server CPU per request), each answer counted on the server's metrics;
-  * bulk streaming of the 10,000 test images over one StreamPredict stream, 64 images a message;
+  * bulk streaming of the 10,000 test images over one StreamPredict stream, 64 and 256 images a message, with the
+    server's and the client's CPU;
   * REST/JSON through Envoy (load from wrk) against direct gRPC at concurrency 1 and 64;
   * reload under load: p99 and failed requests while two new versions are rolled in, against steady state;
   * tracing overhead: unary throughput with tracing off and at 10% sampling (spans to a local OTLP receiver);
@@ -431,14 +432,33 @@ def unary_runs_at(server: Server, body: Path, concurrency: int, seconds: int, lo
     return result
 
 
-def streaming_run(port: int, x: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    with TensorgateClient(f"127.0.0.1:{port}") as client:
-        batches = ({"keras_tensor": x[i : i + 64]} for i in range(0, len(x), 64))
-        started = time.monotonic()
-        outputs = [out["output_0"] for out in client.stream_predict_batches("mnist", batches)]
-        elapsed = time.monotonic() - started
-    predictions = np.concatenate(outputs).argmax(1)
-    return {"images_per_s": len(x) / elapsed, "accuracy": float((predictions == labels).mean())}
+STREAM_MESSAGE_SIZES = (64, 256)  # examples per StreamPredict message; 256 is what `tensorgate classify` sends
+
+
+def streaming_run(server: Server, x: np.ndarray, labels: np.ndarray) -> dict[int, dict[str, float]]:
+    """The test images over one StreamPredict stream per message size: images/s, and the CPU seconds the server's
+    process tree and this client process spent (they share the machine's cores)."""
+    results: dict[int, dict[str, float]] = {}
+    for per_message in STREAM_MESSAGE_SIZES:
+        with TensorgateClient(f"127.0.0.1:{server.port}") as client:
+            batches = ({"keras_tensor": x[i : i + per_message]} for i in range(0, len(x), per_message))
+            server_cpu, client_cpu, started = tree_cpu_s(server.process.pid), _own_cpu_s(), time.monotonic()
+            outputs = [out["output_0"] for out in client.stream_predict_batches("mnist", batches)]
+            elapsed = time.monotonic() - started
+            server_cpu, client_cpu = tree_cpu_s(server.process.pid) - server_cpu, _own_cpu_s() - client_cpu
+        predictions = np.concatenate(outputs).argmax(1)
+        results[per_message] = {
+            "images_per_s": len(x) / elapsed,
+            "accuracy": float((predictions == labels).mean()),
+            "server_cpu_s": server_cpu,
+            "client_cpu_s": client_cpu,
+        }
+    return results
+
+
+def _own_cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 # --- The Open Inference Protocol side by side: the same ModelInfer body, by the same h2load, to every server. ---
@@ -794,7 +814,7 @@ def main() -> int:
         try:
             results[label] = unary_runs(server, body, args.duration, tmp)
             if batching:
-                results["stream"] = streaming_run(server.port, x, mnist.y_test)
+                results["stream"] = streaming_run(server, x, mnist.y_test)
                 results["rest"] = {c: wrk(server.gateway_port, rest_body, c, args.duration, tmp) for c in (1, 64)}
             peak_rss = max(peak_rss, server.peak_rss_mb())
         finally:
@@ -852,7 +872,7 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
         return _at(r, *keys)  # type: ignore[no-any-return]
 
     rps = "requests_per_s"
-    stream, in_process = run("stream", "images_per_s"), r.get("in_process_examples_per_s", {})
+    stream, in_process = run("stream", 256, "images_per_s"), r.get("in_process_examples_per_s", {})
     on64: dict[str, float] | None = _at(r, "batching_on", 64)
     return {
         "tensorgate_vs_mlserver_c64_rps": vs("tensorgate", "mlserver", 64, rps),
@@ -1018,7 +1038,11 @@ def print_table(r: dict[str, Any]) -> None:
             f"| REST through Envoy (wrk), concurrency {c} | {run['requests_per_s']:,.0f} | "
             f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} | | |"
         )
-    print(f"| StreamPredict 10,000 images, 64/message | {r['stream']['images_per_s']:,.0f} | | | | | |")
+    for per_message, run in r["stream"].items():
+        print(
+            f"| StreamPredict 10,000 images, {per_message}/message (images/s; server / client CPU s) | "
+            f"{run['images_per_s']:,.0f} | | | | | {run['server_cpu_s']:.2f} / {run['client_cpu_s']:.2f} |"
+        )
     for phase, run in r["tracing"].items():
         print(
             f"| unary c16, tracing {phase.replace('_', ' ')} | {run['requests_per_s']:,.0f} | "
