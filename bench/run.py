@@ -56,10 +56,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+# The OIP request every target gets is the one Triton's own client builds (and the suite's Triton tests share
+# these message types: a second copy of the `inference` package in one process would clash).
+from tritonclient.grpc import service_pb2_grpc as grpc_service_pb2_grpc
+from tritonclient.grpc.service_pb2 import ModelInferRequest, ModelInferResponse, ModelReadyRequest
+
 from tensorgate.clients.client import TensorgateClient
 from tensorgate.clients.datasets import load_mnist, to_model_input
-from tensorgate.compat.kserve_v2 import grpc_service_pb2_grpc
-from tensorgate.compat.kserve_v2.grpc_service_pb2 import ModelInferRequest, ModelInferResponse, ModelReadyRequest
 from tensorgate.v1 import codec
 from tensorgate.v1.inference_service_pb2 import PredictRequest, PredictResponse
 
