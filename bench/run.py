@@ -207,20 +207,36 @@ def start_tensorgate(repository: Path, batching: bool, log: Path, *extra: str, r
     return Server(process, port, metrics_port, gateway_port)
 
 
-def wrk(port: int, body: str, concurrency: int, seconds: int, tmp: Path, scheme: str = "http") -> dict[str, float]:
-    """REST load from wrk: POST the JSON body to the predict route through Envoy."""
+def wrk(
+    port: int,
+    body: str,
+    concurrency: int,
+    seconds: int,
+    tmp: Path,
+    scheme: str = "http",
+    server_pid: int | None = None,
+) -> dict[str, float]:
+    """REST load from wrk: POST the JSON body to the predict route through Envoy. With ``server_pid`` (the
+    supervisor), also the CPU its process tree spent per completed request over the whole run: Envoy is in that tree,
+    so the figure includes the JSON transcoding, which is what REST costs on top of gRPC."""
     script = tmp / "predict.lua"
     script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{body}]]\n')
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script)]
     url = f"{scheme}://127.0.0.1:{port}/v1/models/mnist:predict"
+    cpu_before = tree_cpu_s(server_pid) if server_pid is not None else 0.0
     output = subprocess.run([*command, url], capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    cpu_s = tree_cpu_s(server_pid) - cpu_before if server_pid is not None else 0.0
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return {
+    result = {
         "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
         "p50_ms": _wrk_latency_ms(output, "50%"),
         "p99_ms": _wrk_latency_ms(output, "99%"),
         "errors": int(non_2xx.group(1)) if non_2xx else 0,
     }
+    if server_pid is not None:
+        done = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+        result["cpu_us_per_request"] = 1e6 * cpu_s / max(1, done)
+    return result
 
 
 def _wrk_latency_ms(output: str, percentile: str) -> float:
@@ -818,7 +834,10 @@ def main() -> int:
             results[label] = unary_runs(server, body, args.duration, tmp)
             if batching:
                 results["stream"] = streaming_run(server, x, mnist.y_test)
-                results["rest"] = {c: wrk(server.gateway_port, rest_body, c, args.duration, tmp) for c in (1, 64)}
+                results["rest"] = {
+                    c: wrk(server.gateway_port, rest_body, c, args.duration, tmp, server_pid=server.process.pid)
+                    for c in (1, 64)
+                }
             peak_rss = max(peak_rss, server.peak_rss_mb())
         finally:
             server.stop()
