@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tensorgate.server.errors import PermissionDeniedError, UnauthenticatedError
+from tensorgate.server.errors import PermissionDeniedError, UnauthenticatedError, quote
 from tensorgate.server.rate_limit import RateLimiter
 from tensorgate.server.watched_file import WatchedFile
 
@@ -54,7 +54,7 @@ class Principal:
     def check_model(self, model: str) -> None:
         """PERMISSION_DENIED unless this caller may use ``model``."""
         if self.models and model not in self.models:
-            raise PermissionDeniedError(f"{self.name!r} may not use model {model!r}")
+            raise PermissionDeniedError(f"{self.name!r} may not use model {quote(model)}")
 
 
 def hash_key(key: str) -> str:

@@ -8,11 +8,34 @@ from __future__ import annotations
 
 import grpc
 
+QUOTE_LIMIT = 200  # characters of caller-supplied text an error message repeats
+MAX_MESSAGE_LENGTH = 1000  # characters of a status message
+
+
+def quote(text: str) -> str:
+    """``repr`` of caller-supplied text for an error message, cut to ``QUOTE_LIMIT`` characters.
+
+    Messages travel back in ``grpc-message`` and again in ``grpc-status-details-bin``: an 8 KiB name echoed
+    whole would push the trailers past a client's metadata limit, and the caller would see RESOURCE_EXHAUSTED
+    instead of the answer to its mistake.
+    """
+    if len(text) <= QUOTE_LIMIT:
+        return repr(text)
+    return f"{text[:QUOTE_LIMIT]!r}... ({len(text)} characters)"
+
 
 class ServingError(Exception):
-    """Base class: a request could not be served. ``code`` is the gRPC status for it."""
+    """Base class: a request could not be served. ``code`` is the gRPC status for it.
+
+    Its text is the status message, cut to ``MAX_MESSAGE_LENGTH`` characters: however many of a caller's
+    names a message lists, the trailers that carry it stay small.
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return text if len(text) <= MAX_MESSAGE_LENGTH else text[:MAX_MESSAGE_LENGTH] + "... (cut)"
 
 
 class InvalidArgumentError(ServingError):

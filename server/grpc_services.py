@@ -39,7 +39,13 @@ from prometheus_client import Counter, Histogram
 from tensorgate.server import metrics
 from tensorgate.server.auth import Authenticator, Principal
 from tensorgate.server.dataplane import DataPlane, Prediction
-from tensorgate.server.errors import InvalidArgumentError, RateLimitedError, ResourceExhaustedError, ServingError
+from tensorgate.server.errors import (
+    InvalidArgumentError,
+    RateLimitedError,
+    ResourceExhaustedError,
+    ServingError,
+    quote,
+)
 from tensorgate.server.manager import ModelManager
 from tensorgate.server.registry import ModelRegistry, ModelVersion, VersionState
 from tensorgate.server.signature import TensorInfo
@@ -337,7 +343,7 @@ async def serve_stream(
 def _decode_inputs(tensors: Mapping[str, tensor_pb2.Tensor]) -> tuple[dict[str, np.ndarray], bool]:
     """Decoded inputs, and whether every one arrived as raw bytes (then outputs go back raw too)."""
     try:
-        inputs = {name: codec.decode(tensor, f"input {name!r}") for name, tensor in tensors.items()}
+        inputs = {name: codec.decode(tensor, f"input {quote(name)}") for name, tensor in tensors.items()}
     except codec.TensorCodecError as exc:
         raise InvalidArgumentError(str(exc)) from None
     raw = bool(tensors) and all(tensor.raw_contents for tensor in tensors.values())

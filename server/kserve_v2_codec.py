@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tensorgate.compat.kserve_v2.grpc_service_pb2 import InferTensorContents, ModelInferRequest, ModelInferResponse
-from tensorgate.server.errors import InvalidArgumentError
+from tensorgate.server.errors import InvalidArgumentError, quote
 from tensorgate.v1 import codec
 from tensorgate.v1.tensor_pb2 import DataType, Tensor
 
@@ -71,20 +71,22 @@ def decode_inputs(request: ModelInferRequest) -> tuple[dict[str, np.ndarray], bo
     inputs: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         if tensor.name in inputs:
-            raise InvalidArgumentError(f"input {tensor.name!r} is given twice")
+            raise InvalidArgumentError(f"input {quote(tensor.name)} is given twice")
         if "shared_memory_region" in tensor.parameters:
-            raise InvalidArgumentError(f"input {tensor.name!r}: shared-memory inputs are not supported; send contents")
+            raise InvalidArgumentError(
+                f"input {quote(tensor.name)}: shared-memory inputs are not supported; send contents"
+            )
         inputs[tensor.name] = decode_input(tensor, raw[index] if raw else None)
     return inputs, bool(raw)
 
 
 def decode_input(tensor: ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
     """One input as an array of its datatype and shape, from ``raw`` bytes or else its typed contents."""
-    name = f"input {tensor.name!r}"
+    name = f"input {quote(tensor.name)}"
     info = DATATYPES.get(tensor.datatype)
     if info is None:
         raise InvalidArgumentError(
-            f"{name}: datatype {tensor.datatype!r} is not supported; use one of {sorted(DATATYPES)}"
+            f"{name}: datatype {quote(tensor.datatype)} is not supported; use one of {sorted(DATATYPES)}"
         )
     try:
         shape = codec.checked_shape(tensor.shape, name)

@@ -27,11 +27,11 @@ from pathlib import Path
 
 from tensorgate.server import metrics
 from tensorgate.server.dataplane import DataPlane
-from tensorgate.server.errors import InvalidArgumentError, NotFoundError
+from tensorgate.server.errors import InvalidArgumentError, NotFoundError, quote
 from tensorgate.server.loader import load_version
-from tensorgate.server.model_config import ModelConfig, ModelConfigError, load_model_config
+from tensorgate.server.model_config import ModelConfig, ModelConfigError, check_label, load_model_config
 from tensorgate.server.registry import ModelRegistry, ModelVersion, VersionState, parse_version
-from tensorgate.server.repository import VersionPath, is_version_number, scan_repository
+from tensorgate.server.repository import VersionPath, scan_repository
 from tensorgate.server.runtime import ModelLoadError
 from tensorgate.server.signature import Signature, breaking_changes
 
@@ -95,7 +95,7 @@ class ModelManager:
             loaded = {v.version for v in self._registry.versions(model)}
             numbers = {_number(model, version, versions)} if version else loaded | {v.version for v in versions}
             if version and numbers.isdisjoint(loaded):
-                raise NotFoundError(f"model {model!r} version {version} is not loaded")
+                raise NotFoundError(f"model {quote(model)} version {version} is not loaded")
             self._excluded.setdefault(model, set()).update(numbers)
             self._pinned.get(model, set()).difference_update(numbers)
             await self._reconcile(model, versions)
@@ -127,11 +127,13 @@ class ModelManager:
         async with self._lock:
             available = {v.version for v in self._registry.versions(model) if v.state is VersionState.AVAILABLE}
             for label, number in labels.items():
-                if not label or is_version_number(label):
-                    raise InvalidArgumentError(f"label {label!r} must be a non-empty name, not a number")
+                try:
+                    check_label(label)
+                except ValueError as exc:
+                    raise InvalidArgumentError(str(exc)) from None
                 if number not in available:
                     raise InvalidArgumentError(
-                        f"label {label!r}: version {number} of model {model!r} is not available "
+                        f"label {quote(label)}: version {number} of model {quote(model)} is not available "
                         f"(available: {sorted(available)})"
                     )
             self._label_overrides[model] = dict(labels)
@@ -142,7 +144,7 @@ class ModelManager:
         versions = scan_repository(self._root).get(model)
         if versions is None:
             self._registry.versions(model)  # NOT_FOUND with the list of models
-            raise NotFoundError(f"model {model!r} is not in the repository")
+            raise NotFoundError(f"model {quote(model)} is not in the repository")
         return versions
 
     def _config(self, model: str) -> ModelConfig | None:
@@ -270,5 +272,5 @@ def _number(model: str, version: str, versions: list[VersionPath]) -> int:
     number = parse_version(version)
     if number not in {v.version for v in versions}:
         on_disk = sorted(v.version for v in versions)
-        raise NotFoundError(f"model {model!r} has no complete version {number} on disk (versions: {on_disk})")
+        raise NotFoundError(f"model {quote(model)} has no complete version {number} on disk (versions: {on_disk})")
     return number

@@ -20,9 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tensorgate.server.batching import BatchingConfig
 from tensorgate.server.config import DEVICE_PATTERN, RUNTIME_DESCRIPTION, Runtime, merge_nested
+from tensorgate.server.errors import quote
 from tensorgate.server.repository import is_version_number
 
 MODEL_CONFIG_FILE = "model.toml"
+MAX_LABEL_LENGTH = 128
+
+
+def check_label(label: str) -> None:
+    """ValueError unless ``label`` can name a version: 1 to 128 characters, not written like a number."""
+    if not label or len(label) > MAX_LABEL_LENGTH or is_version_number(label):
+        raise ValueError(f"label {quote(label)} must be a name of 1 to {MAX_LABEL_LENGTH} characters, not a number")
 
 
 class ModelConfigError(ValueError):
@@ -54,8 +62,7 @@ class ModelConfig(BaseModel):
         if self.version_policy == "specific" and not self.specific_versions:
             raise ValueError("version_policy 'specific' needs specific_versions")
         for label in self.labels:
-            if not label or is_version_number(label):
-                raise ValueError(f"label {label!r} must be a non-empty name, not a number")
+            check_label(label)
         return self
 
     def wanted(self, on_disk: list[int]) -> set[int]:

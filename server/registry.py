@@ -12,9 +12,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from tensorgate.server.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from tensorgate.server.errors import InvalidArgumentError, NotFoundError, UnavailableError, quote
 from tensorgate.server.model_config import ModelConfig
-from tensorgate.server.repository import is_version_number
+from tensorgate.server.repository import MAX_VERSION_DIGITS, is_version_number, version_number
 from tensorgate.server.signature import Servable
 
 
@@ -125,7 +125,7 @@ class ModelRegistry:
         for candidate in self.versions(model):
             if candidate.version == number:
                 return candidate
-        raise NotFoundError(f"model {model!r} has no version {number}; known versions: {self._known(model)}")
+        raise NotFoundError(f"model {quote(model)} has no version {number}; known versions: {self._known(model)}")
 
     def resolve(self, model: str, version: str) -> ModelVersion:
         """The version that serves a request: the named one, or the newest AVAILABLE one for "".
@@ -138,14 +138,14 @@ class ModelRegistry:
         if version:
             found = self.find(model, version)
             if found.state is not VersionState.AVAILABLE:
-                raise UnavailableError(f"model {model!r} version {found.version} is {_state_text(found)}")
+                raise UnavailableError(f"model {quote(model)} version {found.version} is {_state_text(found)}")
             return found
         versions = self.versions(model)
         for candidate in versions:
             if candidate.state is VersionState.AVAILABLE:
                 return candidate
         detail = "; ".join(f"version {v.version} is {_state_text(v)}" for v in versions) or "no version on disk"
-        raise UnavailableError(f"model {model!r} has no available version: {detail}")
+        raise UnavailableError(f"model {quote(model)} has no available version: {detail}")
 
     def _version_number(self, model: str, version: str) -> int:
         if is_version_number(version):
@@ -154,7 +154,7 @@ class ModelRegistry:
         if label is None:
             self.versions(model)  # NOT_FOUND for an unknown model first
             known = ", ".join(sorted(self.labels(model))) or "none"
-            raise NotFoundError(f"model {model!r} has no version label {version!r}; labels: {known}")
+            raise NotFoundError(f"model {quote(model)} has no version label {quote(version)}; labels: {known}")
         return label
 
     def _known(self, model: str) -> str:
@@ -162,14 +162,17 @@ class ModelRegistry:
 
     def _unknown_model_message(self, model: str) -> str:
         known = ", ".join(sorted(self._models)) or "none"
-        return f"model {model!r} not found; models: {known}"
+        return f"model {quote(model)} not found; models: {known}"
 
 
 def parse_version(version: str) -> int:
-    """A version number from its text form. INVALID_ARGUMENT unless it is a positive integer."""
-    if not is_version_number(version) or int(version) == 0:
-        raise InvalidArgumentError(f"version must be a positive integer, got {version!r}")
-    return int(version)
+    """A version number from its text form. INVALID_ARGUMENT unless it is a positive integer that fits."""
+    number = version_number(version)
+    if number is None:
+        raise InvalidArgumentError(
+            f"version must be a positive integer of at most {MAX_VERSION_DIGITS} digits, got {quote(version)}"
+        )
+    return number
 
 
 def _state_text(version: ModelVersion) -> str:

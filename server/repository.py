@@ -22,9 +22,22 @@ class VersionPath:
     path: Path
 
 
+# Every number of up to 18 digits fits the signed 64-bit version fields of the protocols (TF Serving's
+# ModelSpec.version, Triton's statistics); and the bound comes before int(), which refuses texts of
+# more than 4,300 digits with a ValueError.
+MAX_VERSION_DIGITS = 18
+
+
 def is_version_number(text: str) -> bool:
     """Whether ``text`` is written like a version number: ASCII digits only (``"²".isdigit()`` is true too)."""
     return text.isascii() and text.isdigit()
+
+
+def version_number(text: str) -> int | None:
+    """The positive version number ``text`` writes (at most ``MAX_VERSION_DIGITS`` digits), or None."""
+    if len(text) > MAX_VERSION_DIGITS or not is_version_number(text):
+        return None
+    return int(text) or None
 
 
 def is_complete(path: Path) -> bool:
@@ -49,9 +62,9 @@ def scan_repository(root: Path) -> dict[str, list[VersionPath]]:
         if not model_dir.is_dir() or not MODEL_NAME.match(model_dir.name):
             continue
         versions = [
-            VersionPath(model_dir.name, int(child.name), child)
+            VersionPath(model_dir.name, number, child)
             for child in model_dir.iterdir()
-            if child.is_dir() and is_version_number(child.name) and int(child.name) > 0 and is_complete(child)
+            if child.is_dir() and (number := version_number(child.name)) is not None and is_complete(child)
         ]
         models[model_dir.name] = sorted(versions, key=lambda v: v.version)
     return models

@@ -43,7 +43,7 @@ from tensorgate.compat.tfserving.model_pb2 import ModelSpec
 from tensorgate.compat.tfserving.predict_pb2 import PredictRequest, PredictResponse
 from tensorgate.server.auth import Authenticator
 from tensorgate.server.dataplane import DataPlane
-from tensorgate.server.errors import InvalidArgumentError, NotFoundError
+from tensorgate.server.errors import InvalidArgumentError, NotFoundError, quote
 from tensorgate.server.grpc_services import (
     CallLimits,
     label_version,
@@ -82,7 +82,7 @@ def _signature(version: ModelVersion, requested: str) -> Signature:
     signature = version.servable.signature
     if requested and requested != signature.name:
         raise InvalidArgumentError(
-            f"model {version.model!r} has no signature {requested!r}; it serves {signature.name!r}"
+            f"model {quote(version.model)} has no signature {quote(requested)}; it serves {signature.name!r}"
         )
     return signature
 
@@ -137,7 +137,7 @@ class TFServingServicer:
         version = self._registry.resolve(spec.name, _version(spec))
         signature = _signature(version, spec.signature_name)
         inputs = {
-            name: decode(tensor, f"input {name!r}", self._max_tensor_elements)
+            name: decode(tensor, f"input {quote(name)}", self._max_tensor_elements)
             for name, tensor in request.inputs.items()
         }
         prediction = await self._dataplane.predict(
@@ -165,7 +165,9 @@ class TFServingServicer:
             raise InvalidArgumentError(f"metadata_field is required; the one supported is {SIGNATURE_DEF_FIELD!r}")
         for field in request.metadata_field:
             if field != SIGNATURE_DEF_FIELD:
-                raise InvalidArgumentError(f"metadata field {field!r} is not supported; use {SIGNATURE_DEF_FIELD!r}")
+                raise InvalidArgumentError(
+                    f"metadata field {quote(field)} is not supported; use {SIGNATURE_DEF_FIELD!r}"
+                )
         version = self._registry.resolve(spec.name, _version(spec))
         signature = _signature(version, "")
         signatures = SignatureDefMap()
@@ -186,7 +188,7 @@ class TFServingServicer:
         version = _version(spec)
         versions = [self._registry.find(spec.name, version)] if version else self._registry.versions(spec.name)
         if not versions:
-            raise NotFoundError(f"model {spec.name!r} has no version")
+            raise NotFoundError(f"model {quote(spec.name)} has no version")
         return GetModelStatusResponse(model_version_status=[_version_status(v) for v in versions])
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tensorgate.server.errors import InvalidArgumentError
+from tensorgate.server.errors import InvalidArgumentError, quote
 from tensorgate.server.signature import Signature, TensorInfo
 from tensorgate.v1 import codec
 
@@ -65,17 +65,19 @@ def validate_output_filter(signature: Signature, output_filter: Sequence[str]) -
 def _check_tensor(name: str, info: TensorInfo, array: np.ndarray, limits: Limits) -> None:
     if array.dtype != codec.numpy_dtype(info.dtype):
         expected, got = codec.dtype_name(info.dtype), codec.dtype_name(codec.dtype_of_array(array))
-        raise InvalidArgumentError(f"input {name!r}: expected dtype {expected}, got {got}")
+        raise InvalidArgumentError(f"input {quote(name)}: expected dtype {expected}, got {got}")
     if info.shape is not None and not _shape_matches(info.shape, array.shape):
-        raise InvalidArgumentError(f"input {name!r}: expected shape {list(info.shape)}, got {list(array.shape)}")
+        raise InvalidArgumentError(f"input {quote(name)}: expected shape {list(info.shape)}, got {list(array.shape)}")
     if array.size == 0:
-        raise InvalidArgumentError(f"input {name!r} is empty (shape {list(array.shape)}); send at least one example")
+        raise InvalidArgumentError(
+            f"input {quote(name)} is empty (shape {list(array.shape)}); send at least one example"
+        )
     if array.size > limits.max_tensor_elements:
         raise InvalidArgumentError(
-            f"input {name!r} has {array.size} elements, more than the limit of {limits.max_tensor_elements}"
+            f"input {quote(name)} has {array.size} elements, more than the limit of {limits.max_tensor_elements}"
         )
     if limits.reject_non_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidArgumentError(f"input {name!r} contains NaN or infinite values")
+        raise InvalidArgumentError(f"input {quote(name)} contains NaN or infinite values")
 
 
 def _shape_matches(expected: tuple[int, ...], actual: tuple[int, ...]) -> bool:
