@@ -90,6 +90,45 @@ class JwtConfig(BaseModel):
         return self
 
 
+class EdgeConfig(BaseModel):
+    """Limits Envoy enforces on the callers of its listener (Envoy's edge-proxy best practices)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_headers_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds a caller may take to send a request's headers (slowloris); then 408."
+    )
+    stream_idle_timeout_s: float = Field(
+        300.0, gt=0, description="Seconds a request or stream may pass with no data either way; then it is reset."
+    )
+    idle_timeout_s: float = Field(3600.0, gt=0, description="Seconds a connection may stay open with no request.")
+    request_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Longest a unary call may take at Envoy, upload to answer; streams have max_stream_duration_s.",
+    )
+    max_request_headers_kb: int = Field(
+        16,
+        ge=1,
+        le=30,
+        description="Largest request header block (URL included), in KiB; larger gets 431. At most 30: Envoy "
+        "copies a REST path into x-envoy-original-path, and the server refuses metadata over 64 KiB.",
+    )
+    max_connections: int = Field(10_000, ge=1, description="Connections the listener holds at once; more are closed.")
+    max_global_connections: int = Field(
+        50_000, ge=1, description="Downstream connections Envoy holds at once over all its listeners."
+    )
+    max_heap_bytes: int = Field(
+        1024 * MiB,
+        ge=64 * MiB,
+        description="Envoy's heap budget: at 95% it frees memory and closes idle keep-alives, at 98% it refuses "
+        "new requests (503).",
+    )
+    rate_limit_per_address: int = Field(
+        1000, ge=0, description="Requests per second one client address may send through Envoy (0 = unlimited)."
+    )
+
+
 class ServerConfig(BaseModel):
     """Settings of one tensorgate server process. Defaults work on a laptop."""
 
@@ -151,6 +190,7 @@ class ServerConfig(BaseModel):
         default_factory=TlsConfig,
         description="Envoy's side towards a TLS server: its client certificate, and the CA of the server's.",
     )
+    edge: EdgeConfig = Field(default_factory=EdgeConfig, description="Envoy's limits on its callers (timeouts, sizes).")
     allow_plaintext: bool = Field(
         False, description="Allow listeners without TLS on non-loopback addresses (e.g. behind a mesh sidecar)."
     )

@@ -14,6 +14,9 @@ from tensorgate.server.config import JwtConfig, ServerConfig, TlsConfig
 
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "application/javascript", ".css": "text/css"}
 ROUTE_INDENT = " " * 24
+# Envoy's read and write buffers per connection, as its edge-proxy best practices advise: a caller that sends
+# faster than the server reads (or reads slower than it answers) is paused, not buffered for.
+BUFFER_LIMIT_BYTES = 32 * 1024
 
 
 def _endpoint(host: str, port: int) -> str:
@@ -210,6 +213,7 @@ def render_envoy_config(config: ServerConfig, assets_dir: Path | None = None) ->
     descriptor set, OpenAPI document and docs files (default: this installation's).
     """
     assets = assets_dir or DESCRIPTOR_SET.parent
+    edge = config.edge
     docs_dir = assets / DOCS_DIR.name
     tracing = tracing_cluster = ""
     if config.tracing_endpoint:
@@ -244,6 +248,15 @@ def render_envoy_config(config: ServerConfig, assets_dir: Path | None = None) ->
         local_reply=JWT_LOCAL_REPLY if config.jwt.jwks_file else "",
         max_request_bytes=config.max_message_bytes,
         max_stream_duration_s=f"{config.max_stream_duration_s:g}",
+        buffer_limit_bytes=BUFFER_LIMIT_BYTES,
+        request_headers_timeout_s=f"{edge.request_headers_timeout_s:g}",
+        stream_idle_timeout_s=f"{edge.stream_idle_timeout_s:g}",
+        idle_timeout_s=f"{edge.idle_timeout_s:g}",
+        request_timeout_s=f"{edge.request_timeout_s:g}",
+        max_request_headers_kb=edge.max_request_headers_kb,
+        max_connections=edge.max_connections,
+        max_global_connections=edge.max_global_connections,
+        max_heap_bytes=edge.max_heap_bytes,
     )
 
 
