@@ -125,7 +125,11 @@ class EdgeConfig(BaseModel):
         "new requests (503).",
     )
     rate_limit_per_address: int = Field(
-        1000, ge=0, description="Requests per second one client address may send through Envoy (0 = unlimited)."
+        0,
+        ge=0,
+        description="Requests per second (and burst) one client address may send through Envoy, gRPC stream "
+        "messages not counted; over it 429 / RESOURCE_EXHAUSTED. 0 = unlimited (on loopback every caller is "
+        "one address).",
     )
 
 

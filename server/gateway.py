@@ -103,6 +103,24 @@ JWT_AUTHN = """\
 {public_rules}
                         - match: {{prefix: /}}
                           requires: {requirement}"""
+# One token bucket per client address (the connection's peer: x-forwarded-for cannot pick a bucket), the
+# addresses seen most recently kept; a refused gRPC call gets RESOURCE_EXHAUSTED.
+RATE_LIMIT = """\
+                  - name: envoy.filters.http.local_ratelimit
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                      stat_prefix: per_address
+                      filter_enabled: {{default_value: {{numerator: 100}}}}
+                      filter_enforced: {{default_value: {{numerator: 100}}}}
+                      rate_limited_as_resource_exhausted: true
+                      response_headers_to_add:
+                        - header: {{key: retry-after, value: "1"}}
+                      rate_limits:
+                        - actions: [{{remote_address: {{}}}}]
+                      descriptors:
+                        - entries: [{{key: remote_address}}]
+                          token_bucket: {{max_tokens: {rate}, tokens_per_fill: {rate}, fill_interval: 1s}}
+                      max_dynamic_descriptors: 65536"""
 # jwt_authn refuses a token made for another audience with 403; like every token not valid here, it is a 401.
 JWT_LOCAL_REPLY = """\
                 local_reply_config:
@@ -244,6 +262,7 @@ def render_envoy_config(config: ServerConfig, assets_dir: Path | None = None) ->
         tracing_cluster=tracing_cluster,
         listener_tls=_listener_tls(config.gateway_tls),
         upstream_tls=_upstream_tls(config.upstream_tls, server_host) if config.tls.enabled else "",
+        rate_limit=RATE_LIMIT.format(rate=edge.rate_limit_per_address) if edge.rate_limit_per_address else "",
         jwt_authn=_jwt_authn(config.jwt, api_keys_too=config.api_keys_file is not None),
         local_reply=JWT_LOCAL_REPLY if config.jwt.jwks_file else "",
         max_request_bytes=config.max_message_bytes,
