@@ -182,7 +182,12 @@ def build_authenticator(config: ServerConfig) -> Authenticator | None:
     if keys is None and tokens is None:
         return None
     limiter = RateLimiter(config.rate_limit_per_key, config.rate_limit_burst) if config.rate_limit_per_key else None
-    return Authenticator(keys, tokens, limiter)
+    failures = (
+        RateLimiter(config.auth_failures_per_s, config.auth_failure_burst, "failed authentications")
+        if config.auth_failures_per_s
+        else None
+    )
+    return Authenticator(keys, tokens, limiter, failures, config.trusted_proxies)
 
 
 def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials | None:
