@@ -405,9 +405,10 @@ class InferenceServicer:
     async def predict(self, data: bytes, context: grpc.aio.ServicerContext) -> PredictResponse:
         request = parse_request(PredictRequest, data)
         select_model(self._registry, request.model)
+        admission = self._dataplane.admit(request.model, request.version)
         inputs, raw = _decode_inputs(request.inputs)
         prediction = await self._dataplane.predict(
-            request.model, request.version, inputs, request.output_filter, self._limits.time_left(context)
+            admission, inputs, request.output_filter, self._limits.time_left(context)
         )
         response = PredictResponse(model=prediction.model, version=str(prediction.version))
         label_version(response.version)
@@ -453,9 +454,10 @@ class InferenceServicer:
             select_model(self._registry, request.model)
             if refusal is not None:
                 raise refusal
+            admission = self._dataplane.admit(request.model, request.version)
             inputs, raw = _decode_inputs(request.inputs)
             prediction = await self._dataplane.predict(
-                request.model, request.version, inputs, request.output_filter, self._limits.time_left(context)
+                admission, inputs, request.output_filter, self._limits.time_left(context)
             )
             response.version = str(prediction.version)
             label_version(response.version)

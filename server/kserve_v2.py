@@ -154,10 +154,10 @@ class KServeV2Servicer:
 
     async def _infer(self, request: ModelInferRequest, context: grpc.aio.ServicerContext) -> ModelInferResponse:
         select_model(self._registry, request.model_name)
+        admission = self._dataplane.admit(request.model_name, request.model_version)
         inputs, raw = decode_inputs(request)
         prediction = await self._dataplane.predict(
-            request.model_name,
-            request.model_version,
+            admission,
             inputs,
             [output.name for output in request.outputs],
             self._limits.time_left(context),

@@ -133,16 +133,14 @@ class TFServingServicer:
         request = parse_request(PredictRequest, data)
         spec = request.model_spec
         select_model(self._registry, spec.name)
-        # Resolve first, to check the signature, and then ask the data plane for that very version.
-        version = self._registry.resolve(spec.name, _version(spec))
-        signature = _signature(version, spec.signature_name)
+        admission = self._dataplane.admit(spec.name, _version(spec))
+        signature = _signature(admission.version, spec.signature_name)
         inputs = {
             name: decode(tensor, f"input {quote(name)}", self._max_tensor_elements)
             for name, tensor in request.inputs.items()
         }
         prediction = await self._dataplane.predict(
-            spec.name,
-            str(version.version),
+            admission,
             inputs,
             request.output_filter,
             self._limits.time_left(context),
