@@ -142,6 +142,11 @@ class ServerConfig(BaseModel):
         0, ge=0, description="Requests per second each API key may make (0 = unlimited); needs api_keys_file."
     )
     rate_limit_burst: int = Field(20, ge=1, description="Requests an API key may make at once above its rate.")
+    rate_limit_unit: Literal["request", "example"] = Field(
+        "request",
+        description="What one rate-limit token buys: a request (a unary call or one message of a stream), or "
+        "one example of an inference request (a call without examples costs one); rate and burst count it.",
+    )
     auth_failures_per_s: float = Field(
         1.0,
         ge=0,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tensorgate.server.batching import Batcher
+from tensorgate.server.rate_limit import RateLimiter
 from tensorgate.server.registry import ModelRegistry, ModelVersion
 from tensorgate.server.signature import Servable
 from tensorgate.server.tracing import child_span
@@ -32,6 +33,7 @@ class Admission:
     version: ModelVersion
     servable: Servable
     batcher: Batcher
+    caller: str | None  # the authenticated caller, charged per example when the rate limit counts examples
 
 
 @dataclass(frozen=True)
@@ -46,15 +48,25 @@ class Prediction:
 class DataPlane:
     """Runs predictions against the registry's available versions."""
 
-    def __init__(self, registry: ModelRegistry, executor: Executor, workers: int, limits: Limits) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        executor: Executor,
+        workers: int,
+        limits: Limits,
+        examples_limiter: RateLimiter | None = None,
+    ) -> None:
+        """``examples_limiter``: the callers' rate limiter when a token is one example. Authorization has
+        charged each request one token; the data plane charges the rest of its examples once they are counted."""
         self._registry = registry
         self._executor = executor
         self._workers = workers
         self._limits = limits
+        self._examples_limiter = examples_limiter
         # Keyed by the servable too: a reloaded copy of a version gets a batcher of its own.
         self._batchers: dict[tuple[str, int, int], Batcher] = {}
 
-    def admit(self, model: str, version: str) -> Admission:
+    def admit(self, model: str, version: str, caller: str | None = None) -> Admission:
         """The version that serves a request for ``model`` and ``version``, if its queue has room.
 
         NOT_FOUND, UNAVAILABLE or INVALID_ARGUMENT as the registry resolves; RESOURCE_EXHAUSTED with a retry
@@ -65,7 +77,7 @@ class DataPlane:
         servable = _servable(target)
         batcher = self._batcher(target, servable)
         batcher.check_room()
-        return Admission(target, servable, batcher)
+        return Admission(target, servable, batcher, caller)
 
     async def predict(
         self,
@@ -84,6 +96,8 @@ class DataPlane:
         with child_span("validate"):
             size = validate_inputs(signature, inputs, self._limits)
             validate_output_filter(signature, output_filter)
+        if self._examples_limiter is not None and admission.caller is not None and size > 1:
+            self._examples_limiter.charge(admission.caller, size - 1)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         outputs = await admission.batcher.predict(inputs, size, deadline)
         if output_filter:

@@ -8,7 +8,7 @@ a per-message ``error`` in StreamPredict responses.
 The servicers of the other protocols on the same port (``kserve_v2``,
 ``tfserving``) share this module's machinery: ``rpc_method`` (span,
 authorization, status mapping, metrics), ``serve_stream`` (a bidirectional
-stream's window and time limit), ``parse_request``, ``select_model``,
+stream's window and time limit), ``parse_request``, ``select_model``, ``current_caller``,
 ``label_version``, ``record_request``, ``CallLimits`` and ``unary_handlers``.
 """
 
@@ -193,6 +193,12 @@ def _authorize(servicer: object, context: grpc.aio.ServicerContext, scope: str, 
     if authenticator is not None:
         principal = authenticator.authorize(context.invocation_metadata(), scope, context.peer(), cost)
         _PRINCIPAL.set(principal)
+
+
+def current_caller() -> str | None:
+    """The name of the current RPC's authenticated caller (None when authentication is off)."""
+    principal = _PRINCIPAL.get()
+    return None if principal is None else principal.name
 
 
 def select_model(registry: ModelRegistry, model: str) -> None:
@@ -405,7 +411,7 @@ class InferenceServicer:
     async def predict(self, data: bytes, context: grpc.aio.ServicerContext) -> PredictResponse:
         request = parse_request(PredictRequest, data)
         select_model(self._registry, request.model)
-        admission = self._dataplane.admit(request.model, request.version)
+        admission = self._dataplane.admit(request.model, request.version, current_caller())
         inputs, raw = _decode_inputs(request.inputs)
         prediction = await self._dataplane.predict(
             admission, inputs, request.output_filter, self._limits.time_left(context)
@@ -454,7 +460,7 @@ class InferenceServicer:
             select_model(self._registry, request.model)
             if refusal is not None:
                 raise refusal
-            admission = self._dataplane.admit(request.model, request.version)
+            admission = self._dataplane.admit(request.model, request.version, current_caller())
             inputs, raw = _decode_inputs(request.inputs)
             prediction = await self._dataplane.predict(
                 admission, inputs, request.output_filter, self._limits.time_left(context)

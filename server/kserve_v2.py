@@ -58,6 +58,7 @@ from tensorgate.server.dataplane import DataPlane
 from tensorgate.server.errors import NotFoundError, ServingError, UnavailableError
 from tensorgate.server.grpc_services import (
     CallLimits,
+    current_caller,
     label_version,
     parse_request,
     record_request,
@@ -154,7 +155,7 @@ class KServeV2Servicer:
 
     async def _infer(self, request: ModelInferRequest, context: grpc.aio.ServicerContext) -> ModelInferResponse:
         select_model(self._registry, request.model_name)
-        admission = self._dataplane.admit(request.model_name, request.model_version)
+        admission = self._dataplane.admit(request.model_name, request.model_version, current_caller())
         inputs, raw = decode_inputs(request)
         prediction = await self._dataplane.predict(
             admission,

@@ -22,6 +22,9 @@ import pytest
 from google.rpc import error_details_pb2
 from tritonclient.grpc import service_pb2 as oip
 
+from tensorgate.clients.client import TensorgateClient
+from tensorgate.server import rate_limit
+from tensorgate.server.errors import RateLimitedError
 from tensorgate.v1 import codec
 from tensorgate.v1.inference_service_pb2 import StreamPredictRequest, StreamPredictResponse
 from tensorgate.v1.model_service_pb2 import GetModelStatusRequest, GetModelStatusResponse
@@ -277,3 +280,75 @@ def test_failed_authentication_is_throttled_per_address(limited: Limited) -> Non
     other = (("x-forwarded-for", "203.0.113.8"), ("x-api-key", key))
     assert _status_with(limited.stack.target, other) == grpc.StatusCode.OK
     assert limited.stack.metric("tensorgate_requests_rejected_total", reason="rate_limited") > 0
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_bucket_admits_while_it_holds_a_token_then_charges_the_whole_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr(rate_limit.time, "monotonic", clock)
+    limiter = rate_limit.RateLimiter(rate_per_s=10, burst=100, unit="examples")
+    limiter.take("a", 64)
+    limiter.take("a", 64)  # 36 tokens left: admitted, and 28 into debt
+    with pytest.raises(RateLimitedError) as refused:
+        limiter.take("a")
+    assert refused.value.retry_after_s == pytest.approx(2.9)  # 29 tokens at 10/s
+    assert "rate limit of 10 examples/s for 'a' exceeded" in str(refused.value)
+    limiter.take("b", 100)  # another caller has its own bucket
+    clock.now += 3  # 30 tokens back: 2 in the bucket
+    limiter.check("a")  # checking charges nothing
+    limiter.take("a")
+    limiter.take("a")
+    with pytest.raises(RateLimitedError):
+        limiter.check("a")
+
+
+def test_full_buckets_are_dropped_when_the_table_is_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr(rate_limit.time, "monotonic", clock)
+    monkeypatch.setattr(rate_limit, "MAX_BUCKETS", 3)
+    limiter = rate_limit.RateLimiter(rate_per_s=1, burst=5, unit="failed authentications")
+    for address in ("a", "b", "c"):
+        limiter.charge(address)
+    clock.now += 10  # every bucket is full again
+    limiter.charge("d")
+    limiter.charge("c")
+    assert sorted(limiter._buckets) == ["c", "d"]
+
+
+@pytest.fixture(scope="module")
+def per_example(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    root = tmp_path_factory.mktemp("per-example-repository")
+    shutil.copytree(repository / "mnist", root / "mnist")
+    keys_file = tmp_path_factory.mktemp("per-example") / "keys.toml"
+    result = subprocess.run(
+        [*CLI, "keys", "add", "bulk", "--scopes", "predict", "--file", str(keys_file)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    flags = ["--api-keys-file", str(keys_file), "--rate-limit-per-key", "1", "--rate-limit-burst", "100"]
+    server = start_server(root, keys_file.parent / "server.log", *flags, "--rate-limit-unit", "example")
+    yield server, result.stdout.strip()
+    assert server.stop() == 0, server.log()[-3000:]
+
+
+def test_a_token_can_be_one_example(per_example: tuple[ServerProcess, str]) -> None:
+    """rate_limit_unit = "example": a call of 64 images costs 64 tokens (admitted while the bucket holds one)."""
+    server, key = per_example
+    with TensorgateClient(server.target, api_key=key) as client:
+        x = np.full((64, 28, 28), 0.5, np.float32)
+        assert client.predict("mnist", x).shape == (64, 10)
+        assert client.predict("mnist", x).shape == (64, 10)  # 36 tokens were left: admitted, 28 into debt
+        with pytest.raises(grpc.RpcError) as refused:
+            client.predict("mnist", x[:1])
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "rate limit of 1 examples/s for 'bulk' exceeded" in (refused.value.details() or "")
