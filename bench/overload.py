@@ -65,40 +65,52 @@ def infer_request(examples: int) -> bytes:
     return request.SerializeToString()
 
 
-async def flood(port: int, seconds: float, concurrency: int, examples: int) -> dict[str, dict[str, list[float]]]:
-    """Keep ``concurrency`` calls of ``examples`` images in flight for ``seconds``, and meanwhile probe with one-image
-    calls, one at a time every PROBE_EVERY_S on a channel of their own. Latencies (ms) of each, by outcome."""
-    flood_body, probe_body = infer_request(examples), infer_request(1)
-    latencies: dict[str, dict[str, list[float]]] = {
-        kind: {"ok": [], "refused": [], "other": []} for kind in ("flood", "probe")
-    }
+def _outcome(code: grpc.StatusCode | None) -> str:
+    return "ok" if code is None else "refused" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else "other"
+
+
+async def flood(port: int, seconds: float, concurrency: int, examples: int) -> dict[str, list[float]]:
+    """Keep ``concurrency`` calls of ``examples`` images in flight for ``seconds``; latencies (ms) by outcome."""
+    body = infer_request(examples)
+    latencies: dict[str, list[float]] = {"ok": [], "refused": [], "other": []}
     options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(CHANNELS + 1)]
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(CHANNELS)]
     calls = [channel.unary_unary(OIP_PATH) for channel in channels]  # bytes in, bytes out
     until = time.monotonic() + seconds
 
-    async def timed(kind: str, call: Any, body: bytes) -> None:
-        started = time.perf_counter()
-        try:
-            await call(body, timeout=60)
-            outcome = "ok"
-        except grpc.aio.AioRpcError as exc:
-            outcome = "refused" if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "other"
-        latencies[kind][outcome].append((time.perf_counter() - started) * 1000)
-
     async def flooder(index: int) -> None:
         while time.monotonic() < until:
-            await timed("flood", calls[index % CHANNELS], flood_body)
+            started, code = time.perf_counter(), None
+            try:
+                await calls[index % CHANNELS](body, timeout=60)
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+            latencies[_outcome(code)].append((time.perf_counter() - started) * 1000)
 
-    async def prober() -> None:
-        await asyncio.sleep(1)  # the queue fills first
-        while time.monotonic() < until:
-            await timed("probe", calls[CHANNELS], probe_body)
-            await asyncio.sleep(PROBE_EVERY_S)
-
-    await asyncio.gather(prober(), *(flooder(i) for i in range(concurrency)))
+    await asyncio.gather(*(flooder(i) for i in range(concurrency)))
     for channel in channels:
         await channel.close()
+    return latencies
+
+
+def probe(port: int, seconds: float) -> dict[str, list[float]]:
+    """One-image calls, one at a time every PROBE_EVERY_S, from a process of their own (so that the flood's
+    client does not delay their answers), after the flood has had a second to fill the queue."""
+    body = infer_request(1)
+    latencies: dict[str, list[float]] = {"ok": [], "refused": [], "other": []}
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(OIP_PATH)
+        call(body, timeout=60)  # the connection is up before timing starts
+        time.sleep(1)
+        until = time.monotonic() + seconds - 1
+        while time.monotonic() < until:
+            started, code = time.perf_counter(), None
+            try:
+                call(body, timeout=60)
+            except grpc.RpcError as exc:
+                code = exc.code()
+            latencies[_outcome(code)].append((time.perf_counter() - started) * 1000)
+            time.sleep(PROBE_EVERY_S)
     return latencies
 
 
@@ -107,15 +119,20 @@ def measure(target: OipTarget, seconds: float, concurrency: int, examples: int, 
         process = subprocess.Popen(target.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_model_ready(target.port, process)
-        argv = [sys.executable, __file__, "--flood", str(target.port), str(seconds), str(concurrency), str(examples)]
+        client = [sys.executable, __file__, "--client", str(target.port), str(seconds)]
         cpu_before = tree_cpu_s(process.pid)
         started = time.monotonic()
-        result = subprocess.run(argv, capture_output=True, text=True, check=True)
+        clients = {
+            "flood": subprocess.Popen([*client, str(concurrency), str(examples)], stdout=subprocess.PIPE, text=True),
+            "probe": subprocess.Popen([*client, "0", "1"], stdout=subprocess.PIPE, text=True),
+        }
+        outputs = {kind: client.communicate()[0] for kind, client in clients.items()}
         elapsed = time.monotonic() - started
         cpu = tree_cpu_s(process.pid) - cpu_before
+        assert all(client.returncode == 0 for client in clients.values()), "a load client failed"
     finally:
         stop_group(process)
-    latencies: dict[str, dict[str, list[float]]] = json.loads(result.stdout)
+    latencies: dict[str, dict[str, list[float]]] = {kind: json.loads(output) for kind, output in outputs.items()}
     calls = sum(len(values) for values in latencies["flood"].values())
     row: dict[str, Any] = {
         "calls_per_s": calls / elapsed,
@@ -139,12 +156,13 @@ def main() -> int:
     parser.add_argument("--repository", type=Path, default=ROOT / "models")
     parser.add_argument("--duration", type=float, default=10, help="seconds of flood per target")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "overload.json")
-    flood_args = ("PORT", "SECONDS", "CONCURRENCY", "EXAMPLES")
-    parser.add_argument("--flood", nargs=4, metavar=flood_args, help=argparse.SUPPRESS)
+    client_args = ("PORT", "SECONDS", "CONCURRENCY", "EXAMPLES")  # a load client: concurrency 0 = the prober
+    parser.add_argument("--client", nargs=4, metavar=client_args, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.flood:  # the client process
-        port, seconds, concurrency, examples = (int(args.flood[0]), float(args.flood[1]), *map(int, args.flood[2:]))
-        print(json.dumps(asyncio.run(flood(port, seconds, concurrency, examples))))
+    if args.client:
+        port, seconds, concurrency, examples = int(args.client[0]), float(args.client[1]), *map(int, args.client[2:])
+        latencies = asyncio.run(flood(port, seconds, concurrency, examples)) if concurrency else probe(port, seconds)
+        print(json.dumps(latencies))
         return 0
 
     version_dir = ensure_model(args.repository)
