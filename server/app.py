@@ -65,8 +65,10 @@ async def serve(config: ServerConfig) -> None:
     registry = ModelRegistry()
     executor = ThreadPoolExecutor(config.model_workers, thread_name_prefix="model")
     limits = Limits(config.max_examples_per_request, config.max_tensor_elements, config.reject_non_finite)
-    dataplane = DataPlane(registry, executor, config.model_workers, limits)
-    authenticator = build_authenticator(config)
+    limiter = build_rate_limiter(config)
+    examples_limiter = limiter if config.rate_limit_unit == "example" else None
+    dataplane = DataPlane(registry, executor, config.model_workers, limits, examples_limiter)
+    authenticator = build_authenticator(config, limiter)
     defaults = ModelConfig(device=config.device, runtime=config.runtime, batching=config.batching)
     manager = ModelManager(config.model_repository, registry, dataplane, config.signature_name, defaults)
     shared_ports = config.workers > 1
@@ -172,7 +174,15 @@ async def start_health_server(health: HealthServicer, host: str, port: int, shar
     return server
 
 
-def build_authenticator(config: ServerConfig) -> Authenticator | None:
+def build_rate_limiter(config: ServerConfig) -> RateLimiter | None:
+    """Each caller's token bucket; None without a rate, or without authentication (no caller to key it by)."""
+    if not config.rate_limit_per_key or (config.api_keys_file is None and config.jwt.jwks_file is None):
+        return None
+    unit = "examples" if config.rate_limit_unit == "example" else "requests"
+    return RateLimiter(config.rate_limit_per_key, config.rate_limit_burst, unit)
+
+
+def build_authenticator(config: ServerConfig, limiter: RateLimiter | None) -> Authenticator | None:
     """API keys, JWTs, both, or None (no authentication: loopback development)."""
     keys = ApiKeyStore(config.api_keys_file) if config.api_keys_file else None
     jwt = config.jwt
@@ -181,8 +191,12 @@ def build_authenticator(config: ServerConfig) -> Authenticator | None:
     )
     if keys is None and tokens is None:
         return None
-    limiter = RateLimiter(config.rate_limit_per_key, config.rate_limit_burst) if config.rate_limit_per_key else None
-    return Authenticator(keys, tokens, limiter)
+    failures = (
+        RateLimiter(config.auth_failures_per_s, config.auth_failure_burst, "failed authentications")
+        if config.auth_failures_per_s
+        else None
+    )
+    return Authenticator(keys, tokens, limiter, failures, config.trusted_proxies)
 
 
 def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials | None:

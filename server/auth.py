@@ -23,10 +23,11 @@ are separate services and stay public.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import secrets
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,25 +85,49 @@ def parse_key_file(text: str) -> dict[str, Principal]:
 
 
 class Authenticator:
-    """Checks the credentials of each call: API keys, JWTs, or either; then scope and rate."""
+    """Checks the credentials of each call: API keys, JWTs, or either; then scope and rate.
+
+    ``limiter`` holds each key to its rate. ``failures`` throttles guessing: every failed authentication costs
+    the caller's address a token, and an address out of tokens is refused before its credentials are looked
+    at. The address is the peer's, or, when the peer is one of ``trusted_proxies`` (the gateway), the last
+    ``x-forwarded-for`` hop: the address the gateway saw.
+    """
 
     def __init__(
-        self, keys: ApiKeyStore | None, tokens: JwtVerifier | None, limiter: RateLimiter | None = None
+        self,
+        keys: ApiKeyStore | None,
+        tokens: JwtVerifier | None,
+        limiter: RateLimiter | None = None,
+        failures: RateLimiter | None = None,
+        trusted_proxies: Sequence[str] = (),
     ) -> None:
         self._keys = keys
         self._tokens = tokens
         self._limiter = limiter
+        self._failures = failures
+        self._trusted_proxies = tuple(ipaddress.ip_network(network) for network in trusted_proxies)
 
-    def authorize(self, metadata: Iterable[tuple[str, str | bytes]] | None, scope: str) -> Principal:
-        """The caller, if its credentials are valid, hold ``scope`` and are within their rate.
+    def authorize(
+        self, metadata: Sequence[tuple[str, str | bytes]] | None, scope: str, peer: str, cost: int = 1
+    ) -> Principal:
+        """The caller, if its credentials are valid, hold ``scope`` and have ``cost`` tokens of rate left.
 
-        UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED otherwise.
+        ``peer`` is gRPC's ``context.peer()``. UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED
+        otherwise. A cost of 0 checks the credentials only (a stream is charged per message).
         """
-        principal = self._authenticate(metadata)
+        address = client_address(peer, metadata, self._trusted_proxies) if self._failures is not None else ""
+        if self._failures is not None:
+            self._failures.check(address)
+        try:
+            principal = self._authenticate(metadata)
+        except UnauthenticatedError:
+            if self._failures is not None:
+                self._failures.charge(address)
+            raise
         if scope not in principal.scopes:
             raise PermissionDeniedError(f"{principal.name!r} lacks the {scope!r} scope")
-        if self._limiter is not None:
-            self._limiter.take(principal.name)
+        if self._limiter is not None and cost:
+            self._limiter.take(principal.name, cost)
         return principal
 
     def _authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
@@ -120,6 +145,27 @@ class Authenticator:
         if principal is None:
             raise UnauthenticatedError("unknown or revoked API key" if self._keys else "not a valid JWT")
         return principal
+
+
+def client_address(
+    peer: str,
+    metadata: Iterable[tuple[str, str | bytes]] | None,
+    trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> str:
+    """The caller's IP address: the peer's (``ipv4:10.0.0.1:5000``, ``ipv6:[::1]:5000``), or, when the peer is
+    a trusted proxy, the last ``x-forwarded-for`` hop (the one the proxy appended; earlier ones the client
+    may have forged)."""
+    kind, _, rest = peer.partition(":")
+    host = rest.rpartition(":")[0].strip("[]") if kind in ("ipv4", "ipv6") else peer
+    try:
+        trusted = any(ipaddress.ip_address(host) in network for network in trusted_proxies)
+    except ValueError:
+        return host
+    if trusted:
+        forwarded = [value for name, value in metadata or () if name == "x-forwarded-for" and isinstance(value, str)]
+        if forwarded and (last := forwarded[-1].rpartition(",")[2].strip()):
+            return last[:64]
+    return host
 
 
 class ApiKeyStore:

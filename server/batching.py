@@ -150,8 +150,8 @@ class Batcher:
         )
         self._version = str(version)
 
-    async def predict(self, inputs: Mapping[str, np.ndarray], size: int, deadline: float | None) -> Outputs:
-        """Queue one validated request of ``size`` examples and wait for its outputs."""
+    def check_room(self) -> None:
+        """RESOURCE_EXHAUSTED, with the time the queue needs to drain as the retry delay, when it is full."""
         if len(self._queue) >= self._config.max_queue_size:
             self._dropped["overload"].inc()
             retry_after_s = max(0.05, self._recent_batch_s * len(self._queue) / self._max_batch)
@@ -160,6 +160,10 @@ class Batcher:
                 f"retry in {retry_after_s:.2f} s",
                 retry_after_s=retry_after_s,
             )
+
+    async def predict(self, inputs: Mapping[str, np.ndarray], size: int, deadline: float | None) -> Outputs:
+        """Queue one validated request of ``size`` examples and wait for its outputs."""
+        self.check_room()
         shapes = tuple(array.shape[1:] for array in inputs.values())
         request = _Request(inputs, size, shapes, deadline, asyncio.get_running_loop().create_future())
         self._queue.append(request)

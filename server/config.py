@@ -185,6 +185,25 @@ class ServerConfig(BaseModel):
         0, ge=0, description="Requests per second each API key may make (0 = unlimited); needs api_keys_file."
     )
     rate_limit_burst: int = Field(20, ge=1, description="Requests an API key may make at once above its rate.")
+    rate_limit_unit: Literal["request", "example"] = Field(
+        "request",
+        description="What one rate-limit token buys: a request (a unary call or one message of a stream), or "
+        "one example of an inference request (a call without examples costs one); rate and burst count it.",
+    )
+    auth_failures_per_s: float = Field(
+        1.0,
+        ge=0,
+        description="Failed authentications per second a client address may make once its burst is spent; beyond, "
+        "its calls are refused with RESOURCE_EXHAUSTED before their credentials are checked (0 = unthrottled).",
+    )
+    auth_failure_burst: int = Field(
+        50, ge=1, description="Failed authentications a client address may make at once before it is throttled."
+    )
+    trusted_proxies: list[str] = Field(
+        ["127.0.0.0/8", "::1/128"],
+        description="Networks of proxies (the gateway) whose last x-forwarded-for hop is taken as the client's "
+        "address (comma-separated in env/flags).",
+    )
     jwt: JwtConfig = Field(default_factory=JwtConfig, description="JWT authentication (with or without API keys).")
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS of the gRPC port; ca_file makes it mTLS.")
     gateway_tls: TlsConfig = Field(
@@ -222,6 +241,18 @@ class ServerConfig(BaseModel):
     )
     shutdown_grace_s: float = Field(30.0, ge=0, description="Seconds in-flight calls may take to finish on SIGTERM.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network)  # ValueError names the bad one
+        return value
 
     @field_validator("workers", mode="before")
     @classmethod

@@ -1,9 +1,12 @@
-"""The transport-independent serving path: resolve the version, validate, batch, run the model.
+"""The transport-independent serving path: admit, validate, batch, run the model.
 
-gRPC servicers (and through Envoy, every REST route) call this with decoded
-NumPy inputs; it knows nothing of protobuf. Each model version gets its own
-batcher, created on its first request, whose model calls run on the shared
-bounded worker pool so that the event loop keeps answering.
+gRPC servicers (and through Envoy, every REST route) call ``admit`` with the
+model and version a request names, then decode its tensors, then ``predict``
+with the NumPy inputs; it knows nothing of protobuf. Admission comes first so
+that an overloaded model refuses a request before any work is spent on its
+tensors. Each model version gets its own batcher, created on its first
+request, whose model calls run on the shared bounded worker pool so that the
+event loop keeps answering.
 """
 
 from __future__ import annotations
@@ -16,10 +19,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from tensorgate.server.batching import Batcher
+from tensorgate.server.rate_limit import RateLimiter
 from tensorgate.server.registry import ModelRegistry, ModelVersion
 from tensorgate.server.signature import Servable
 from tensorgate.server.tracing import child_span
 from tensorgate.server.validation import Limits, validate_inputs, validate_output_filter
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A request let in: the version that serves it, and the batcher it queues on, which had room for it."""
+
+    version: ModelVersion
+    servable: Servable
+    batcher: Batcher
+    caller: str | None  # the authenticated caller, charged per example when the rate limit counts examples
 
 
 @dataclass(frozen=True)
@@ -34,37 +48,61 @@ class Prediction:
 class DataPlane:
     """Runs predictions against the registry's available versions."""
 
-    def __init__(self, registry: ModelRegistry, executor: Executor, workers: int, limits: Limits) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        executor: Executor,
+        workers: int,
+        limits: Limits,
+        examples_limiter: RateLimiter | None = None,
+    ) -> None:
+        """``examples_limiter``: the callers' rate limiter when a token is one example. Authorization has
+        charged each request one token; the data plane charges the rest of its examples once they are counted."""
         self._registry = registry
         self._executor = executor
         self._workers = workers
         self._limits = limits
+        self._examples_limiter = examples_limiter
         # Keyed by the servable too: a reloaded copy of a version gets a batcher of its own.
         self._batchers: dict[tuple[str, int, int], Batcher] = {}
 
+    def admit(self, model: str, version: str, caller: str | None = None) -> Admission:
+        """The version that serves a request for ``model`` and ``version``, if its queue has room.
+
+        NOT_FOUND, UNAVAILABLE or INVALID_ARGUMENT as the registry resolves; RESOURCE_EXHAUSTED with a retry
+        delay when the queue is full. Call it before decoding the request's tensors, and ``predict`` right
+        after (without awaiting anything in between, the queue keeps the room it had).
+        """
+        target = self._registry.resolve(model, version)
+        servable = _servable(target)
+        batcher = self._batcher(target, servable)
+        batcher.check_room()
+        return Admission(target, servable, batcher, caller)
+
     async def predict(
         self,
-        model: str,
-        version: str,
+        admission: Admission,
         inputs: Mapping[str, np.ndarray],
         output_filter: Sequence[str] = (),
         timeout_s: float | None = None,
     ) -> Prediction:
-        """Validate and run one request.
+        """Validate and run one admitted request.
 
         ``timeout_s`` is what is left of the caller's deadline: a request whose
         deadline passes while it is queued is dropped before the model runs.
         Cancelling the awaiting task withdraws a request that is still queued.
         """
+        signature = admission.servable.signature
         with child_span("validate"):
-            target = self._registry.resolve(model, version)
-            servable = _servable(target)
-            size = validate_inputs(servable.signature, inputs, self._limits)
-            validate_output_filter(servable.signature, output_filter)
+            size = validate_inputs(signature, inputs, self._limits)
+            validate_output_filter(signature, output_filter)
+        if self._examples_limiter is not None and admission.caller is not None and size > 1:
+            self._examples_limiter.charge(admission.caller, size - 1)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        outputs = await self._batcher(target, servable).predict(inputs, size, deadline)
+        outputs = await admission.batcher.predict(inputs, size, deadline)
         if output_filter:
             outputs = {name: outputs[name] for name in output_filter}
+        target = admission.version
         return Prediction(model=target.model, version=target.version, outputs=outputs)
 
     async def retire(self, version: ModelVersion) -> None:

@@ -8,7 +8,7 @@ a per-message ``error`` in StreamPredict responses.
 The servicers of the other protocols on the same port (``kserve_v2``,
 ``tfserving``) share this module's machinery: ``rpc_method`` (span,
 authorization, status mapping, metrics), ``serve_stream`` (a bidirectional
-stream's window and time limit), ``parse_request``, ``select_model``,
+stream's window and time limit), ``parse_request``, ``select_model``, ``current_caller``,
 ``label_version``, ``record_request``, ``CallLimits`` and ``unary_handlers``.
 """
 
@@ -187,10 +187,18 @@ ADMIN_METHODS = frozenset({"load_model", "unload_model", "reload_model", "set_mo
 _PRINCIPAL: ContextVar[Principal | None] = ContextVar("tensorgate_principal", default=None)
 
 
-def _authorize(servicer: object, context: grpc.aio.ServicerContext, scope: str) -> None:
+def _authorize(servicer: object, context: grpc.aio.ServicerContext, scope: str, cost: int = 1) -> None:
+    """Authorize the caller for ``scope`` and charge ``cost`` to its rate (0: credentials and scope only)."""
     authenticator: Authenticator | None = getattr(servicer, "authenticator", None)
     if authenticator is not None:
-        _PRINCIPAL.set(authenticator.authorize(context.invocation_metadata(), scope))
+        principal = authenticator.authorize(context.invocation_metadata(), scope, context.peer(), cost)
+        _PRINCIPAL.set(principal)
+
+
+def current_caller() -> str | None:
+    """The name of the current RPC's authenticated caller (None when authentication is off)."""
+    principal = _PRINCIPAL.get()
+    return None if principal is None else principal.name
 
 
 def select_model(registry: ModelRegistry, model: str) -> None:
@@ -260,7 +268,7 @@ async def serve_stream(
     servicer: object,
     requests: AsyncIterator[bytes],
     context: grpc.aio.ServicerContext,
-    start: Callable[[bytes], asyncio.Future[R]],
+    start: Callable[[bytes, ServingError | None], asyncio.Future[R]],
     *,
     method: str,
     rpc: str,
@@ -268,27 +276,42 @@ async def serve_stream(
 ) -> AsyncGenerator[R, None]:
     """The answers of a bidirectional stream, in arrival order, with at most ``limits.stream_window`` in flight.
 
-    ``start`` begins the work of one message and returns its future answer (it never raises: a message that
-    fails is answered by an error message of the stream's own kind). A reader task takes messages while a slot is
-    free and starts each one; this generator yields the answers in order and frees a slot only once its answer is
-    written. When the model or the client's reading falls behind, the reader stops and HTTP/2 flow control slows
-    the sender. The caller needs the predict scope of ``servicer``'s authenticator; a stream open longer than
+    ``start(data, refusal)`` begins the work of one message and returns its future answer (it never raises: a
+    message that fails, or comes with a ``refusal``, is answered by an error message of the stream's own kind). A
+    reader task takes messages while a slot is free and starts each one; this generator yields the answers in
+    order and frees a slot only once its answer is written. When the model or the client's reading falls behind,
+    the reader stops and HTTP/2 flow control slows the sender. A stream open longer than
     ``limits.max_stream_duration_s`` ends with DEADLINE_EXCEEDED. ``method`` names the stream's span and its
     metrics, ``rpc`` its log line.
+
+    The caller needs the predict scope of ``servicer``'s authenticator when the stream opens and again at every
+    message, each of which costs a request of its rate: a message over the rate is refused (RESOURCE_EXHAUSTED
+    with a retry delay, as its own answer) and the stream goes on; a key revoked or a token expired meanwhile
+    ends the stream at its next message, after the answers already under way.
     """
     try:
-        _authorize(servicer, context, "predict")
+        _authorize(servicer, context, "predict", cost=0)
     except ServingError as exc:
         record_request(method, exc.code, time.perf_counter(), rejection_reason(exc))
         await context.abort(exc.code, str(exc), trailing_metadata=_error_metadata(exc))
     slots = asyncio.Semaphore(limits.stream_window)
     started: asyncio.Queue[asyncio.Future[R] | None] = asyncio.Queue()
+    denied: ServingError | None = None  # why the caller may no longer send
 
     async def read_requests() -> None:
+        nonlocal denied
         try:
             async for data in requests:
                 await slots.acquire()
-                started.put_nowait(start(data))
+                refusal: ServingError | None = None
+                try:
+                    _authorize(servicer, context, "predict")
+                except RateLimitedError as exc:
+                    refusal = exc
+                except ServingError as exc:
+                    denied = exc
+                    return
+                started.put_nowait(start(data, refusal))
         finally:
             started.put_nowait(None)
 
@@ -318,6 +341,10 @@ async def serve_stream(
             answered += 1
             slots.release()
         await reader
+        if denied is not None:
+            outcome = "denied"
+            record_request(method, denied.code, time.perf_counter(), rejection_reason(denied))
+            await context.abort(denied.code, str(denied), trailing_metadata=_error_metadata(denied))
     except (asyncio.CancelledError, GeneratorExit):
         # grpc cancels the handler or closes this generator when the client cancels, its deadline
         # passes, or the server stops: the finally clause below releases the stream's work.
@@ -384,9 +411,10 @@ class InferenceServicer:
     async def predict(self, data: bytes, context: grpc.aio.ServicerContext) -> PredictResponse:
         request = parse_request(PredictRequest, data)
         select_model(self._registry, request.model)
+        admission = self._dataplane.admit(request.model, request.version, current_caller())
         inputs, raw = _decode_inputs(request.inputs)
         prediction = await self._dataplane.predict(
-            request.model, request.version, inputs, request.output_filter, self._limits.time_left(context)
+            admission, inputs, request.output_filter, self._limits.time_left(context)
         )
         response = PredictResponse(model=prediction.model, version=str(prediction.version))
         label_version(response.version)
@@ -399,7 +427,7 @@ class InferenceServicer:
         """Answer each request in arrival order, with at most ``stream_window`` in flight (``serve_stream``)."""
         previous = StreamPredictRequest()
 
-        def start(data: bytes) -> asyncio.Future[StreamPredictResponse]:
+        def start(data: bytes, refusal: ServingError | None) -> asyncio.Future[StreamPredictResponse]:
             nonlocal previous
             try:
                 request = parse_request(StreamPredictRequest, data)
@@ -408,7 +436,7 @@ class InferenceServicer:
             if not request.model:  # a caller may name the model in the first message only
                 request.model, request.version = previous.model, request.version or previous.version
             previous = request
-            return asyncio.create_task(self._answer(request, context))
+            return asyncio.create_task(self._answer(request, context, refusal))
 
         stream = serve_stream(
             self,
@@ -423,14 +451,19 @@ class InferenceServicer:
             async for response in stream:
                 yield response
 
-    async def _answer(self, request: StreamPredictRequest, context: grpc.aio.ServicerContext) -> StreamPredictResponse:
+    async def _answer(
+        self, request: StreamPredictRequest, context: grpc.aio.ServicerContext, refusal: ServingError | None
+    ) -> StreamPredictResponse:
         started, code, rejection = time.perf_counter(), grpc.StatusCode.OK, ""
         response = StreamPredictResponse(id=request.id, model=request.model)
         try:
             select_model(self._registry, request.model)
+            if refusal is not None:
+                raise refusal
+            admission = self._dataplane.admit(request.model, request.version, current_caller())
             inputs, raw = _decode_inputs(request.inputs)
             prediction = await self._dataplane.predict(
-                request.model, request.version, inputs, request.output_filter, self._limits.time_left(context)
+                admission, inputs, request.output_filter, self._limits.time_left(context)
             )
             response.version = str(prediction.version)
             label_version(response.version)

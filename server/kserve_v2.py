@@ -58,6 +58,7 @@ from tensorgate.server.dataplane import DataPlane
 from tensorgate.server.errors import NotFoundError, ServingError, UnavailableError
 from tensorgate.server.grpc_services import (
     CallLimits,
+    current_caller,
     label_version,
     parse_request,
     record_request,
@@ -154,10 +155,10 @@ class KServeV2Servicer:
 
     async def _infer(self, request: ModelInferRequest, context: grpc.aio.ServicerContext) -> ModelInferResponse:
         select_model(self._registry, request.model_name)
+        admission = self._dataplane.admit(request.model_name, request.model_version, current_caller())
         inputs, raw = decode_inputs(request)
         prediction = await self._dataplane.predict(
-            request.model_name,
-            request.model_version,
+            admission,
             inputs,
             [output.name for output in request.outputs],
             self._limits.time_left(context),
@@ -172,8 +173,8 @@ class KServeV2Servicer:
     ) -> AsyncIterator[ModelStreamInferResponse]:
         """Triton's bidirectional stream: one response per request, in order, errors in ``error_message``."""
 
-        def start(data: bytes) -> asyncio.Future[ModelStreamInferResponse]:
-            return asyncio.create_task(self._stream_answer(data, context))
+        def start(data: bytes, refusal: ServingError | None) -> asyncio.Future[ModelStreamInferResponse]:
+            return asyncio.create_task(self._stream_answer(data, context, refusal))
 
         stream = serve_stream(
             self,
@@ -188,12 +189,16 @@ class KServeV2Servicer:
             async for response in stream:
                 yield response
 
-    async def _stream_answer(self, data: bytes, context: grpc.aio.ServicerContext) -> ModelStreamInferResponse:
+    async def _stream_answer(
+        self, data: bytes, context: grpc.aio.ServicerContext, refusal: ServingError | None
+    ) -> ModelStreamInferResponse:
         started, code, rejection = time.perf_counter(), grpc.StatusCode.OK, ""
         response = ModelStreamInferResponse()
         try:
             request = parse_request(ModelInferRequest, data)
             response.infer_response.id, response.infer_response.model_name = request.id, request.model_name
+            if refusal is not None:
+                raise refusal
             response.infer_response.CopyFrom(await self._infer(request, context))
         except ServingError as exc:
             code, rejection = exc.code, rejection_reason(exc)

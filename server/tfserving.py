@@ -46,6 +46,7 @@ from tensorgate.server.dataplane import DataPlane
 from tensorgate.server.errors import InvalidArgumentError, NotFoundError, quote
 from tensorgate.server.grpc_services import (
     CallLimits,
+    current_caller,
     label_version,
     parse_request,
     rpc_method,
@@ -133,16 +134,14 @@ class TFServingServicer:
         request = parse_request(PredictRequest, data)
         spec = request.model_spec
         select_model(self._registry, spec.name)
-        # Resolve first, to check the signature, and then ask the data plane for that very version.
-        version = self._registry.resolve(spec.name, _version(spec))
-        signature = _signature(version, spec.signature_name)
+        admission = self._dataplane.admit(spec.name, _version(spec), current_caller())
+        signature = _signature(admission.version, spec.signature_name)
         inputs = {
             name: decode(tensor, f"input {quote(name)}", self._max_tensor_elements)
             for name, tensor in request.inputs.items()
         }
         prediction = await self._dataplane.predict(
-            spec.name,
-            str(version.version),
+            admission,
             inputs,
             request.output_filter,
             self._limits.time_left(context),
