@@ -352,3 +352,19 @@ def test_a_token_can_be_one_example(per_example: tuple[ServerProcess, str]) -> N
             client.predict("mnist", x[:1])
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "rate limit of 1 examples/s for 'bulk' exceeded" in (refused.value.details() or "")
+
+
+def test_failed_authentication_through_the_gateway_is_throttled(limited: Limited) -> None:
+    """Through Envoy, the address is the one Envoy saw; a header the caller forges does not move it."""
+    statuses = []
+    for i in range(40):
+        request = urllib.request.Request(
+            f"{limited.stack.gateway_url}/v1/models/mnist",
+            headers={"x-api-key": f"guess-{i}", "x-forwarded-for": f"192.0.2.{i}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                statuses.append(response.status)
+        except urllib.error.HTTPError as exc:
+            statuses.append(exc.code)
+    assert statuses[0] == 401 and statuses[-1] == 429, statuses
