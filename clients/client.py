@@ -82,20 +82,26 @@ class StreamRetryPolicy:
 # 1.37 and later: INTERNAL_ERROR). gRPC maps both codes to INTERNAL ("Stream removed (RST_STREAM (Received
 # RST_STREAM with error code 2))"), but the server never answered them: a status a server sends is never worded so.
 _RESET_DETAILS = re.compile(r"Received RST_STREAM with error code [02]\b")
+# Envoy's answer (HTTP 507, gRPC UNKNOWN) when a stream's first upstream attempt failed before any answer (a dead
+# replica not yet ejected) and the request data that arrived while it waited to retry outgrew its buffer.
+_ENVOY_RETRY_OVERFLOW = "exceeded request buffer limit while retrying upstream"
 # What the client itself cancels with: the caller stopped reading, or closed the client.
 _OWN_CANCELLATIONS = {"Locally cancelled by application!", "Channel closed!"}
 
 
 def stream_interrupted(error: grpc.RpcError) -> bool:
-    """Whether a stream failed in transit rather than by the server's answer, so that the unanswered requests may
-    be sent again on a new stream: UNAVAILABLE, CANCELLED the client did not ask for, and the INTERNAL of a reset
-    stream (``_RESET_DETAILS``). A server's INTERNAL status, or any other code, is an answer and is not retried."""
+    """Whether a stream failed in transit rather than by the server's answer, so that its unanswered requests may
+    be sent again on a new stream: UNAVAILABLE, CANCELLED that the client did not ask for, INTERNAL from a reset
+    stream (``_RESET_DETAILS``) and Envoy's UNKNOWN of ``_ENVOY_RETRY_OVERFLOW``. Any other status is the server's
+    (or the caller's) doing, INTERNAL with the server's own message included, and is not retried."""
     code, details = error.code(), error.details() or ""
     if code is grpc.StatusCode.UNAVAILABLE:
         return True
     if code is grpc.StatusCode.CANCELLED:
         return details not in _OWN_CANCELLATIONS
-    return code is grpc.StatusCode.INTERNAL and _RESET_DETAILS.search(details) is not None
+    if code is grpc.StatusCode.INTERNAL:
+        return _RESET_DETAILS.search(details) is not None
+    return code is grpc.StatusCode.UNKNOWN and details == _ENVOY_RETRY_OVERFLOW
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,10 @@ class _Outbox:
     flight. gRPC consumes a stream's requests on a thread of its own, which may still be inside ``source`` when its
     stream has failed and the next one starts: ``_pull_lock`` makes the two take each request from ``source`` once,
     and one taken by the failed stream's thread joins the unanswered ones, which the next stream sends.
+
+    A stream sends its first request alone and the rest once that is answered. Until a replica answers, Envoy
+    keeps the request data to retry it elsewhere (a replica that died and is not ejected yet refuses the
+    connection), and gives up the stream when that data outgrows its buffer: one request fits.
     """
 
     def __init__(self, source: Iterator[StreamPredictRequest]) -> None:
@@ -142,6 +152,7 @@ class _Outbox:
         self._unanswered: deque[StreamPredictRequest] = deque()
         self._answered = 0  # requests answered so far: the position of _unanswered[0] in the call
         self._stream = 0  # the stream now sending; an older stream's thread stops at its next request
+        self._first_answer = threading.Event()  # set once the stream now sending has an answer, or is over
         self._lock = threading.Lock()  # guards the fields above
         self._pull_lock = threading.Lock()  # held while taking a request from source, which may block
 
@@ -150,21 +161,32 @@ class _Outbox:
         return self._answered
 
     def requests(self) -> Iterator[StreamPredictRequest]:
-        """The requests of a new stream, which takes over from any earlier one."""
+        """The requests of a new stream, which takes over from any earlier one (``close`` that one first)."""
         with self._lock:
             self._stream += 1
-            stream, position = self._stream, self._answered
-        while (request := self._take(stream, position)) is not None:
-            yield request
-            position += 1
+            self._first_answer = threading.Event()
+            return self._send(self._stream, self._answered, self._first_answer)
 
     def answer(self, response: StreamPredictResponse) -> None:
         """Forget the request ``response`` answers: the oldest unanswered one, as the server answers in order."""
         with self._lock:
             request = self._unanswered.popleft()
             self._answered += 1
+            self._first_answer.set()
         if response.id and response.id != request.id:  # a message the server could not parse comes back without id
             raise RuntimeError(f"the server answered request {response.id!r} where {request.id!r} was due")
+
+    def close(self) -> None:
+        """The stream now sending is over: its thread, if waiting for the first answer, stops without taking more."""
+        with self._lock:
+            self._stream += 1
+            self._first_answer.set()
+
+    def _send(self, stream: int, position: int, first_answer: threading.Event) -> Iterator[StreamPredictRequest]:
+        while (request := self._take(stream, position)) is not None:
+            yield request
+            first_answer.wait()
+            position += 1
 
     def _take(self, stream: int, position: int) -> StreamPredictRequest | None:
         """Request ``position`` of the call for ``stream``; None once ``source`` is exhausted or a newer stream took
@@ -365,6 +387,7 @@ class TensorgateClient:
                 backoff_s = min(backoff_s * policy.backoff_multiplier, policy.max_backoff_s)
             finally:
                 call.cancel()
+                outbox.close()
 
     def list_models(self) -> list[Model]:
         """Every model of the server with its versions' states."""

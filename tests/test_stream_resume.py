@@ -42,7 +42,8 @@ class Failure:
 
 class FakeCall:
     """One StreamPredict stream: reads up to ``window`` requests ahead of its answers, like a server and the
-    transport in between, answers each with y = 2x, and ends with ``failure`` if it has one."""
+    transport in between (the client sends one until the first is answered), answers each with y = 2x, and ends
+    with ``failure`` if it has one."""
 
     def __init__(self, requests: Iterator[StreamPredictRequest], failure: Failure | None, window: int) -> None:
         self.requests, self.failure, self.window = requests, failure, window
@@ -55,7 +56,8 @@ class FakeCall:
         return self
 
     def __next__(self) -> StreamPredictResponse:
-        for request in itertools.islice(self.requests, self.window - len(self.in_flight)):
+        window = self.window if self.answered else 1
+        for request in itertools.islice(self.requests, window - len(self.in_flight)):
             self.received.append(request.id)
             self.in_flight.append(request)
         if self.failure is not None and self.answered == self.failure.answers:
@@ -109,6 +111,7 @@ RETRYABLE = [
     Failure(4, grpc.StatusCode.CANCELLED, "Received RST_STREAM with error code 8"),
     Failure(4, grpc.StatusCode.INTERNAL, RESET_DETAILS),
     Failure(4, grpc.StatusCode.INTERNAL, "Received RST_STREAM with error code 0"),
+    Failure(0, grpc.StatusCode.UNKNOWN, "exceeded request buffer limit while retrying upstream"),
 ]
 
 
@@ -119,8 +122,9 @@ def test_a_stream_cut_in_transit_is_resumed_with_the_unanswered_requests(failure
         results = stream(client, 10)
     assert results == [2.0 * i for i in range(10)]  # every request answered once, in order
     first, second = inference.calls
-    assert first.received == ["0", "1", "2", "3", "4", "5", "6"]  # 4 answered, 3 in flight when it broke
-    assert second.received == [str(i) for i in range(4, 10)]  # only the unanswered ones again, then the rest
+    in_flight = 3 if failure.answers else 1  # a stream sends one request until it is answered
+    assert first.received == [str(i) for i in range(failure.answers + in_flight)]
+    assert second.received == [str(i) for i in range(failure.answers, 10)]  # the unanswered ones again, the rest
     assert first.cancelled and second.cancelled
 
 
@@ -134,6 +138,7 @@ def test_a_stream_cut_in_transit_is_resumed_with_the_unanswered_requests(failure
         Failure(4, grpc.StatusCode.UNAUTHENTICATED, "key revoked"),
         Failure(4, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
         Failure(4, grpc.StatusCode.RESOURCE_EXHAUSTED, "Received RST_STREAM with error code 11"),
+        Failure(4, grpc.StatusCode.UNKNOWN, "Exception iterating requests!"),  # the caller's iterable raised
     ],
     ids=lambda failure: f"{failure.code.name}: {failure.details}",
 )
@@ -169,33 +174,53 @@ def test_a_stream_that_made_progress_starts_the_count_again() -> None:
 def test_a_request_taken_by_a_failed_streams_thread_is_sent_by_the_next_stream() -> None:
     """gRPC reads a stream's requests on a thread of its own, which may still be waiting inside the caller's
     iterable when the stream has failed and the next one starts."""
-    second_wanted = threading.Event()
+    third_wanted = threading.Event()
 
     def source() -> Iterator[StreamPredictRequest]:
         yield StreamPredictRequest(id="0")
-        second_wanted.wait()
         yield StreamPredictRequest(id="1")
+        third_wanted.wait()
         yield StreamPredictRequest(id="2")
+        yield StreamPredictRequest(id="3")
 
     outbox = _Outbox(source())
     first = outbox.requests()
     assert next(first).id == "0"
+    outbox.answer(StreamPredictResponse(id="0"))
+    assert next(first).id == "1"
     taken_by_first: list[str] = []
     first_thread = threading.Thread(target=lambda: taken_by_first.extend(r.id for r in first))
-    first_thread.start()  # blocks in source, waiting for request 1
-    second = outbox.requests()  # the first stream failed: a new one takes over
-    assert next(second).id == "0"
+    first_thread.start()  # waits in source for request 2
+    outbox.close()  # the first stream failed; a new one takes over
+    second = outbox.requests()
+    assert next(second).id == "1"  # the unanswered one first, alone until it is answered
     sent: list[str] = []
     second_thread = threading.Thread(target=lambda: sent.extend(r.id for r in second))
-    second_thread.start()  # waits for the first thread to leave the source
-    second_wanted.set()
+    second_thread.start()
+    outbox.answer(StreamPredictResponse(id="1"))  # now it waits for the first thread to leave the source
+    third_wanted.set()
     first_thread.join(10)
     second_thread.join(10)
-    assert taken_by_first == ["1"]  # the failed stream's gRPC thread took it, and would drop it
-    assert sent == ["1", "2"]  # ... but the new stream sends it, and each request once
+    assert taken_by_first == ["2"]  # the failed stream's gRPC thread took it, and would drop it
+    assert sent == ["2", "3"]  # ... but the new stream sends it, and each request once
+
+
+def test_a_stream_sends_one_request_until_it_is_answered() -> None:
+    """... and a stream that ends before that releases the gRPC thread waiting for it."""
+    outbox = _Outbox(StreamPredictRequest(id=str(i)) for i in range(3))
+    stream = outbox.requests()
+    assert next(stream).id == "0"
+    taken: list[str] = []
+    thread = threading.Thread(target=lambda: taken.extend(r.id for r in stream))
+    thread.start()
+    thread.join(0.2)
+    assert thread.is_alive() and taken == []  # waiting for the first answer
+    outbox.close()  # the stream ended without one: its thread stops without taking more
+    thread.join(10)
+    assert taken == [] and not thread.is_alive()
 
 
 def test_stream_interrupted() -> None:
     assert stream_interrupted(FakeRpcError(grpc.StatusCode.INTERNAL, RESET_DETAILS))
     assert not stream_interrupted(FakeRpcError(grpc.StatusCode.INTERNAL, "Received RST_STREAM with error code 21"))
-    assert not stream_interrupted(FakeRpcError(grpc.StatusCode.UNKNOWN, "Exception iterating requests!"))
+    assert not stream_interrupted(FakeRpcError(grpc.StatusCode.UNKNOWN, "exceeded request buffer limit"))
