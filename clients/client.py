@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
+import re
+import threading
+import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +60,51 @@ RETRY_SERVICE_CONFIG = json.dumps(
 
 
 @dataclass(frozen=True)
+class StreamRetryPolicy:
+    """How a StreamPredict stream cut short by the transport is resumed, in the style of RETRY_SERVICE_CONFIG.
+
+    gRPC's own retry policy cannot resume a stream once an answer has arrived, so the client does it: a new stream
+    carries the requests still unanswered, then the rest. ``max_attempts`` counts the streams in a row that end
+    without a single answer (one that got answers starts the count again), so a long stream survives any number of
+    replica failures but not a server that stays down. Before each new stream the client waits a random time up to
+    the current backoff, which starts at ``initial_backoff_s`` and grows by ``backoff_multiplier`` up to
+    ``max_backoff_s``. ``max_attempts`` = 1 never resumes.
+    """
+
+    max_attempts: int = 5
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    backoff_multiplier: float = 2.0
+
+
+# grpc-core's details for a stream reset by its peer with RST_STREAM NO_ERROR (0) or INTERNAL_ERROR (2): what
+# Envoy sends a client whose stream it can no longer finish because the upstream replica reset it or died (Envoy
+# 1.37 and later: INTERNAL_ERROR). gRPC maps both codes to INTERNAL ("Stream removed (RST_STREAM (Received
+# RST_STREAM with error code 2))"), but the server never answered them: a status a server sends is never worded so.
+_RESET_DETAILS = re.compile(r"Received RST_STREAM with error code [02]\b")
+# Envoy's answer (HTTP 507, gRPC UNKNOWN) when a stream's first upstream attempt failed before any answer (a dead
+# replica not yet ejected) and the request data that arrived while it waited to retry outgrew its buffer.
+_ENVOY_RETRY_OVERFLOW = "exceeded request buffer limit while retrying upstream"
+# What the client itself cancels with: the caller stopped reading, or closed the client.
+_OWN_CANCELLATIONS = {"Locally cancelled by application!", "Channel closed!"}
+
+
+def stream_interrupted(error: grpc.RpcError) -> bool:
+    """Whether a stream failed in transit rather than by the server's answer, so that its unanswered requests may
+    be sent again on a new stream: UNAVAILABLE, CANCELLED that the client did not ask for, INTERNAL from a reset
+    stream (``_RESET_DETAILS``) and Envoy's UNKNOWN of ``_ENVOY_RETRY_OVERFLOW``. Any other status is the server's
+    (or the caller's) doing, INTERNAL with the server's own message included, and is not retried."""
+    code, details = error.code(), error.details() or ""
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return True
+    if code is grpc.StatusCode.CANCELLED:
+        return details not in _OWN_CANCELLATIONS
+    if code is grpc.StatusCode.INTERNAL:
+        return _RESET_DETAILS.search(details) is not None
+    return code is grpc.StatusCode.UNKNOWN and details == _ENVOY_RETRY_OVERFLOW
+
+
+@dataclass(frozen=True)
 class ClientTls:
     """TLS towards the server or Envoy: the CA that signed its certificate, and our own pair for mTLS."""
 
@@ -83,6 +133,87 @@ class StreamItemError(RuntimeError):
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
+class _Outbox:
+    """The requests of one StreamPredict call that were taken from the caller's iterable and are not answered yet.
+
+    Each stream of the call reads them through its own ``requests()``: first the unanswered ones again, then new ones
+    from ``source``. Only these are kept, so memory stays bounded by what the server and the transport hold in
+    flight. gRPC consumes a stream's requests on a thread of its own, which may still be inside ``source`` when its
+    stream has failed and the next one starts: ``_pull_lock`` makes the two take each request from ``source`` once,
+    and one taken by the failed stream's thread joins the unanswered ones, which the next stream sends.
+
+    A stream sends its first request alone and the rest once that is answered. Until a replica answers, Envoy
+    keeps the request data to retry it elsewhere (a replica that died and is not ejected yet refuses the
+    connection), and gives up the stream when that data outgrows its buffer: one request fits.
+    """
+
+    def __init__(self, source: Iterator[StreamPredictRequest]) -> None:
+        self._source = source
+        self._unanswered: deque[StreamPredictRequest] = deque()
+        self._answered = 0  # requests answered so far: the position of _unanswered[0] in the call
+        self._stream = 0  # the stream now sending; an older stream's thread stops at its next request
+        self._first_answer = threading.Event()  # set once the stream now sending has an answer, or is over
+        self._lock = threading.Lock()  # guards the fields above
+        self._pull_lock = threading.Lock()  # held while taking a request from source, which may block
+
+    @property
+    def answered(self) -> int:
+        return self._answered
+
+    def requests(self) -> Iterator[StreamPredictRequest]:
+        """The requests of a new stream, which takes over from any earlier one (``close`` that one first)."""
+        with self._lock:
+            self._stream += 1
+            self._first_answer = threading.Event()
+            return self._send(self._stream, self._answered, self._first_answer)
+
+    def answer(self, response: StreamPredictResponse) -> None:
+        """Forget the request ``response`` answers: the oldest unanswered one, as the server answers in order."""
+        with self._lock:
+            request = self._unanswered.popleft()
+            self._answered += 1
+            self._first_answer.set()
+        if response.id and response.id != request.id:  # a message the server could not parse comes back without id
+            raise RuntimeError(f"the server answered request {response.id!r} where {request.id!r} was due")
+
+    def close(self) -> None:
+        """The stream now sending is over: its thread, if waiting for the first answer, stops without taking more."""
+        with self._lock:
+            self._stream += 1
+            self._first_answer.set()
+
+    def _send(self, stream: int, position: int, first_answer: threading.Event) -> Iterator[StreamPredictRequest]:
+        while (request := self._take(stream, position)) is not None:
+            yield request
+            first_answer.wait()
+            position += 1
+
+    def _take(self, stream: int, position: int) -> StreamPredictRequest | None:
+        """Request ``position`` of the call for ``stream``; None once ``source`` is exhausted or a newer stream took
+        over."""
+        current, request = self._queued(stream, position)
+        if not current or request is not None:
+            return request
+        with self._pull_lock:
+            # Another stream's thread may have taken a request from source while this one waited for the lock.
+            current, request = self._queued(stream, position)
+            if not current or request is not None:
+                return request
+            request = next(self._source, None)
+            if request is not None:
+                with self._lock:
+                    self._unanswered.append(request)
+            return request
+
+    def _queued(self, stream: int, position: int) -> tuple[bool, StreamPredictRequest | None]:
+        """Whether ``stream`` is still the one sending, and the unanswered request at ``position`` if there is one."""
+        with self._lock:
+            if stream != self._stream:
+                return False, None
+            index = position - self._answered
+            return True, self._unanswered[index] if index < len(self._unanswered) else None
+
+
 @dataclass(frozen=True)
 class _Stubs:
     """The stubs of one channel."""
@@ -103,6 +234,7 @@ class TensorgateClient:
         token: str | None = None,
         tls: ClientTls | None = None,
         channels: int = 1,
+        stream_retry: StreamRetryPolicy = StreamRetryPolicy(),
     ) -> None:
         """``api_key`` travels as ``x-api-key``, a JWT ``token`` as ``authorization: Bearer``; ``tls`` = None is
         plaintext (loopback development).
@@ -111,9 +243,13 @@ class TensorgateClient:
         connections, each in a subchannel pool of its own (otherwise gRPC would share one connection between
         them), and spreads calls over them round-robin, one stream per channel: that is how one client reaches
         every worker of a server started with ``--workers``.
+
+        ``stream_retry`` says how a StreamPredict stream cut short in transit is resumed (``stream_predict_batches``).
         """
         if channels < 1:
             raise ValueError(f"channels must be at least 1, got {channels}")
+        if stream_retry.max_attempts < 1:
+            raise ValueError(f"stream_retry.max_attempts must be at least 1, got {stream_retry.max_attempts}")
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -137,6 +273,7 @@ class TensorgateClient:
         ]
         self._next_stubs = itertools.cycle(self._stubs)
         self._timeout_s = timeout_s
+        self._stream_retry = stream_retry
         self._input_names: dict[tuple[str, str], str] = {}
         self._credentials = ((("x-api-key", api_key),) if api_key else ()) + (
             (("authorization", f"Bearer {token}"),) if token else ()
@@ -205,7 +342,14 @@ class TensorgateClient:
         version: str = "",
         timeout_s: float | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Stream batches of named inputs; yields each batch's outputs by name, in order."""
+        """Stream batches of named inputs; yields each batch's outputs by name, in order.
+
+        A stream cut short in transit (``stream_interrupted``: a replica that died, a server that stopped) is
+        resumed on a new stream as ``StreamRetryPolicy`` allows: the answers already yielded stay, the requests not
+        answered yet are sent again with their ids, so every batch is answered exactly once and in order. Any
+        other failure, or the last attempt's, raises its ``grpc.RpcError``. ``timeout_s`` bounds the whole call,
+        resumed streams included.
+        """
 
         def requests() -> Iterator[StreamPredictRequest]:
             for index, inputs in enumerate(batches):
@@ -214,13 +358,36 @@ class TensorgateClient:
                     codec.encode_into(np.asarray(array), request.inputs[name])
                 yield request
 
-        with _tracer.start_as_current_span("tensorgate.v1.InferenceService/StreamPredict", kind=SpanKind.CLIENT):
-            call = self._pick().inference.StreamPredict(requests(), timeout=timeout_s, metadata=self._metadata())
-        try:
-            for response in call:
-                yield _outputs_of(response)
-        finally:
-            call.cancel()
+        policy = self._stream_retry
+        outbox = _Outbox(requests())
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        failures, backoff_s = 0, policy.initial_backoff_s  # streams in a row that ended without an answer
+        while True:
+            answered_before = outbox.answered
+            remaining_s = None if deadline is None else deadline - time.monotonic()
+            with _tracer.start_as_current_span("tensorgate.v1.InferenceService/StreamPredict", kind=SpanKind.CLIENT):
+                call = self._pick().inference.StreamPredict(
+                    outbox.requests(), timeout=remaining_s, metadata=self._metadata()
+                )
+            try:
+                for response in call:
+                    outbox.answer(response)
+                    yield _outputs_of(response)
+                return
+            except grpc.RpcError as exc:
+                if outbox.answered > answered_before:
+                    failures, backoff_s = 0, policy.initial_backoff_s
+                failures += 1
+                if not stream_interrupted(exc) or failures >= policy.max_attempts:
+                    raise
+                pause_s = random.uniform(0, backoff_s)
+                if deadline is not None and time.monotonic() + pause_s >= deadline:
+                    raise
+                time.sleep(pause_s)
+                backoff_s = min(backoff_s * policy.backoff_multiplier, policy.max_backoff_s)
+            finally:
+                call.cancel()
+                outbox.close()
 
     def list_models(self) -> list[Model]:
         """Every model of the server with its versions' states."""

@@ -1,9 +1,11 @@
 """Two replicas behind the real Envoy under steady REST and gRPC load: one is killed with SIGKILL, another
 stopped with SIGTERM, the supervisor restarts both, and no client request fails; traffic spreads over both
-replicas again afterwards."""
+replicas again afterwards. The replica serving a bulk stream is killed mid-stream: the client resumes the stream
+and every example is answered once, in order."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,11 +22,14 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tensorgate.clients.client import TensorgateClient
+from tensorgate.clients.datasets import MnistData
 from tensorgate.v1 import codec, inference_service_pb2_grpc
 from tensorgate.v1.inference_service_pb2 import PredictRequest
 
-from conftest import ServerProcess, start_server
+from conftest import ServerProcess, mnist_inputs, start_server
 
+STREAMS = "tensorgate_streams_in_flight"
 # Codes a client is told it may retry: anything else is a lost request.
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE.name, grpc.StatusCode.RESOURCE_EXHAUSTED.name, "HTTP 503", "HTTP 429"}
 
@@ -42,6 +47,17 @@ def replicated(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 def replica_targets(stack: ServerProcess) -> list[str]:
     host, port = stack.target.rsplit(":", 1)
     return [f"{host}:{int(port) + i}" for i in range(2)]
+
+
+def replica_metric(stack: ServerProcess, replica: int, name: str) -> float:
+    """One unlabelled sample of replica ``replica``'s /metrics (on the stack's metrics port + ``replica``)."""
+    host, port = stack.metrics_url.removesuffix("/metrics").rsplit(":", 1)
+    return dataclasses.replace(stack, metrics_url=f"{host}:{int(port) + replica}/metrics").metric(name)
+
+
+def envoy_stat(stack: ServerProcess, name: str) -> int:
+    with urllib.request.urlopen(f"{stack.gateway_admin_url}/stats?filter=^{name}$", timeout=5) as response:
+        return int(response.read().decode().split(":")[1])
 
 
 def current_pids(stack: ServerProcess) -> dict[str, int]:
@@ -168,3 +184,33 @@ def test_failover_without_loss(replicated: ServerProcess) -> None:
     assert sum(n for outcome, n in outcomes.items() if outcome != "OK") == 0, dict(outcomes)
     assert len(final_phase) == 2 and min(final_phase.values()) > 0, final_phase  # both replicas serve again
     assert "child exited on its own; restarting it" in stack.log()
+
+
+def test_a_stream_cut_by_a_dying_replica_is_resumed(replicated: ServerProcess, mnist: MnistData) -> None:
+    """Envoy can only reset a stream whose replica dies after answering began (the client sees INTERNAL, "Stream
+    removed (RST_STREAM (Received RST_STREAM with error code 2))"); the client resumes it on a new stream, which
+    Envoy sends to the live replica, with the requests not answered yet."""
+    stack = replicated
+    targets = replica_targets(stack)
+    for target in targets:
+        wait_serving(target)
+    x = mnist_inputs(mnist.x_test)
+    with TensorgateClient(targets[0]) as direct:
+        expected = np.concatenate([direct.predict("mnist", chunk) for chunk in np.array_split(x, 10)])
+    pids = current_pids(stack)
+    resets_before = envoy_stat(stack, "http.tensorgate.downstream_rq_tx_reset")
+    killed = ""
+    results: list[np.ndarray] = []
+    with TensorgateClient(stack.gateway_target) as client:
+        for result in client.stream_predict("mnist", iter(x), batch_size=10):  # 1,000 requests
+            results.append(result)
+            if len(results) == 2_000:  # 200 requests answered, 800 to go: the stream is open on one replica
+                serving = [replica for replica in range(2) if replica_metric(stack, replica, STREAMS) == 1]
+                assert len(serving) == 1, serving
+                killed = f"server-{serving[0]}"
+                os.kill(pids[killed], signal.SIGKILL)
+    assert envoy_stat(stack, "http.tensorgate.downstream_rq_tx_reset") == resets_before + 1  # the cut stream
+    assert len(results) == len(x)  # each example once (a lost or repeated one would shift all after it) ...
+    np.testing.assert_allclose(np.stack(results), expected, atol=1e-5)  # ... in order, as a direct call answers
+    assert (np.stack(results).argmax(1) == mnist.y_test).mean() >= 0.97
+    wait_restarted(stack, killed, pids[killed], targets[int(killed[-1])])
