@@ -115,15 +115,16 @@ class Authenticator:
         ``peer`` is gRPC's ``context.peer()``. UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED
         otherwise. A cost of 0 checks the credentials only (a stream is charged per message).
         """
-        address = client_address(peer, metadata, self._trusted_proxies) if self._failures is not None else ""
-        if self._failures is not None:
-            self._failures.check(address)
-        try:
+        if self._failures is None:
             principal = self._authenticate(metadata)
-        except UnauthenticatedError:
-            if self._failures is not None:
+        else:
+            address = client_address(peer, metadata, self._trusted_proxies)
+            self._failures.check(address)
+            try:
+                principal = self._authenticate(metadata)
+            except UnauthenticatedError:
                 self._failures.charge(address)
-            raise
+                raise
         if scope not in principal.scopes:
             raise PermissionDeniedError(f"{principal.name!r} lacks the {scope!r} scope")
         if self._limiter is not None and cost:

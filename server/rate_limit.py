@@ -37,12 +37,19 @@ class RateLimiter:
 
     def take(self, key: str, cost: int = 1) -> None:
         """Charge ``cost`` tokens to ``key``'s bucket, or raise RateLimitedError if it holds no token."""
-        self.check(key)
-        self.charge(key, cost)
+        bucket = self._refilled(key)
+        self._admit(key, bucket)
+        bucket.tokens -= cost
 
     def check(self, key: str) -> None:
         """Raise RateLimitedError when ``key``'s bucket holds no whole token; charge nothing."""
-        bucket = self._refilled(key)
+        self._admit(key, self._refilled(key))
+
+    def charge(self, key: str, cost: int = 1) -> None:
+        """Take ``cost`` tokens from ``key``'s bucket, into debt if need be."""
+        self._refilled(key).tokens -= cost
+
+    def _admit(self, key: str, bucket: _Bucket) -> None:
         if bucket.tokens < 1:
             retry_after_s = (1 - bucket.tokens) / self._rate
             raise RateLimitedError(
@@ -50,10 +57,6 @@ class RateLimiter:
                 f"retry in {retry_after_s:.2f} s",
                 retry_after_s=retry_after_s,
             )
-
-    def charge(self, key: str, cost: int = 1) -> None:
-        """Take ``cost`` tokens from ``key``'s bucket, into debt if need be."""
-        self._refilled(key).tokens -= cost
 
     def _refilled(self, key: str) -> _Bucket:
         now = time.monotonic()

@@ -65,21 +65,11 @@ def wait_until_accepted(target: str, key: str) -> None:
     Each poll before then is a failed authentication: it comes from an address of its own (the server trusts
     loopback's x-forwarded-for), so that polling does not throttle the tests' own address.
     """
-    address = (("x-forwarded-for", f"198.18.0.{next(_POLLERS)}"),)
+    metadata = (("x-forwarded-for", f"198.18.0.{next(_POLLERS)}"), ("x-api-key", key))
     deadline = time.monotonic() + 15
-    with grpc.insecure_channel(target) as channel:
-        status = channel.unary_unary(
-            "/tensorgate.v1.ModelService/GetModelStatus",
-            request_serializer=GetModelStatusRequest.SerializeToString,
-            response_deserializer=GetModelStatusResponse.FromString,
-        )
-        while True:
-            try:
-                status(GetModelStatusRequest(model="mnist"), metadata=(*address, ("x-api-key", key)), timeout=10)
-                return
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.UNAUTHENTICATED and time.monotonic() < deadline, exc
-                time.sleep(0.2)
+    while (code := _status_with(target, metadata)) != grpc.StatusCode.OK:
+        assert code == grpc.StatusCode.UNAUTHENTICATED and time.monotonic() < deadline, code
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
