@@ -246,7 +246,7 @@ def _wrk_latency_ms(output: str, percentile: str) -> float:
 
 
 def signature_runtime(model_dir: Path) -> Any:
-    from tensorgate.server.runtime import SavedModelRuntime
+    from tensorgate.server.runtimes.tensorflow import SavedModelRuntime
 
     return SavedModelRuntime(model_dir, "serving_default", "CPU:0")
 
@@ -421,7 +421,7 @@ def scale_out(repository: Path, body: Path, rest_body: str, seconds: int, tmp: P
 
 def tls_cost(repository: Path, body: Path, rest_body: str, seconds: int, tmp: Path, log: Path) -> dict[str, Any]:
     """The same load through Envoy in plaintext and with TLS on both hops (TLS to Envoy, mTLS Envoy -> server)."""
-    from tensorgate.server.certs import create_dev_pki
+    from tensorgate.server.security.certs import create_dev_pki
 
     pki = create_dev_pki(tmp / "certs")
     tls_flags = (
@@ -744,7 +744,7 @@ def oip_side_by_side(
 def ensure_model(repository: Path) -> Path:
     model_dir = repository / "mnist"
     if not model_dir.is_dir() or not any(p.name.isdigit() for p in model_dir.iterdir()):
-        from tensorgate.server.training import train_mnist
+        from tensorgate.server.reference.training import train_mnist
 
         train_mnist(repository)
     return max((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
@@ -818,7 +818,7 @@ def main() -> int:
         echo.send_signal(signal.SIGTERM)
         echo.wait(30)
 
-    from tensorgate.server.batching import BatchingConfig
+    from tensorgate.server.serving.batching import BatchingConfig
 
     results = {
         "in_process_examples_per_s": in_process,

@@ -38,6 +38,11 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
 
 
+def _help(description: str | None) -> str | None:
+    """A field's description as argparse help text (which formats it with %: "95%" must be "95%%")."""
+    return None if description is None else description.replace("%", "%%")
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per ServerConfig field (``--batching-max-batch-size`` for nested ones), documented by the field."""
     from pydantic import BaseModel
@@ -49,9 +54,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             for sub_name, sub_field in annotation.model_fields.items():
                 flag = f"--{name}-{sub_name}".replace("_", "-")
-                parser.add_argument(flag, dest=f"{name}.{sub_name}", default=None, help=sub_field.description)
+                parser.add_argument(flag, dest=f"{name}.{sub_name}", default=None, help=_help(sub_field.description))
         else:
-            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=field.description)
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=_help(field.description))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,27 +154,27 @@ def _load_config(args: argparse.Namespace) -> ServerConfig:
 
 
 def _envoy_config(args: argparse.Namespace) -> int:
-    from tensorgate.server.gateway import render_envoy_config
+    from tensorgate.gateway.envoy import render_envoy_config
 
     print(render_envoy_config(_load_config(args), args.assets_dir), end="")
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from tensorgate.server.json_logging import setup_logging
+    from tensorgate.server.observability.json_logging import setup_logging
 
     config = _load_config(args)
     setup_logging(config.log_level, {} if args.worker_index is None else {"worker": args.worker_index})
     repository = config.model_repository
     if args.train_if_empty and not (repository.is_dir() and any(p.is_dir() for p in repository.iterdir())):
-        from tensorgate.server.training import train_mnist
+        from tensorgate.server.reference.training import train_mnist
 
         train_mnist(repository, REFERENCE_MODEL)
     if not repository.is_dir():
         raise FileNotFoundError(f"model repository {repository} does not exist (use --train-if-empty to create one)")
     # The supervisor itself never imports TensorFlow: the server children do.
     if args.worker_index is None and (config.gateway or config.workers > 1):
-        from tensorgate.server.supervisor import supervise
+        from tensorgate.gateway.supervisor import supervise
 
         return supervise(config, argv_of_serve(args))
     from tensorgate.server.app import run
@@ -190,7 +195,7 @@ def argv_of_serve(args: argparse.Namespace) -> list[str]:
 def _train(args: argparse.Namespace) -> int:
     import logging
 
-    from tensorgate.server.training import train_mnist
+    from tensorgate.server.reference.training import train_mnist
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = train_mnist(args.repository, args.model, epochs=args.epochs, seed=args.seed, cache_dir=args.cache_dir)
@@ -318,7 +323,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from tensorgate.server.auth import Principal, hash_key, new_key, parse_key_file, write_key_file
+    from tensorgate.server.security.auth import Principal, hash_key, new_key, parse_key_file, write_key_file
 
     keys = parse_key_file(args.file.read_text()) if args.file.exists() else {}
     if args.action == "list":
@@ -342,7 +347,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from tensorgate.server.certs import create_dev_pki
+    from tensorgate.server.security.certs import create_dev_pki
 
     pki = create_dev_pki(args.out, [h.strip() for h in args.hosts.split(",") if h.strip()], args.days)
     print(f"CA {pki.ca}")

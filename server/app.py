@@ -24,12 +24,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from tensorgate.server import kserve_v2, tfserving
-from tensorgate.server.auth import ApiKeyStore, Authenticator
 from tensorgate.server.config import ServerConfig, TlsConfig
-from tensorgate.server.dataplane import DataPlane
-from tensorgate.server.devices import configure_tensorflow
-from tensorgate.server.grpc_services import (
+from tensorgate.server.models.manager import ModelManager
+from tensorgate.server.models.model_config import ModelConfig
+from tensorgate.server.models.registry import ModelRegistry
+from tensorgate.server.observability.metrics import metrics_registry, start_metrics_server
+from tensorgate.server.observability.tracing import setup_tracing, shutdown_tracing
+from tensorgate.server.protocols import kserve_v2, tfserving
+from tensorgate.server.protocols.v1 import (
     INFERENCE_SERVICE,
     MODEL_SERVICE,
     CallLimits,
@@ -37,14 +39,12 @@ from tensorgate.server.grpc_services import (
     ModelServicer,
     generic_handlers,
 )
-from tensorgate.server.jwt_auth import JwtVerifier
-from tensorgate.server.manager import ModelManager
-from tensorgate.server.metrics import metrics_registry, start_metrics_server
-from tensorgate.server.model_config import ModelConfig
-from tensorgate.server.rate_limit import RateLimiter
-from tensorgate.server.registry import ModelRegistry
-from tensorgate.server.tracing import setup_tracing, shutdown_tracing
-from tensorgate.server.validation import Limits
+from tensorgate.server.runtimes.devices import configure_tensorflow
+from tensorgate.server.security.auth import ApiKeyStore, Authenticator
+from tensorgate.server.security.jwt_auth import JwtVerifier
+from tensorgate.server.security.rate_limit import RateLimiter
+from tensorgate.server.serving.dataplane import DataPlane
+from tensorgate.server.serving.validation import Limits
 
 log = logging.getLogger(__name__)
 

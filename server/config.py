@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tensorgate.server.batching import BatchingConfig
+from tensorgate.server.serving.batching import BatchingConfig
 
 ENV_PREFIX = "TENSORGATE_"
 NESTED = "__"  # TENSORGATE_BATCHING__MAX_BATCH_SIZE sets batching.max_batch_size

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from tensorgate.server.batching import Batcher, BatchingConfig
-from tensorgate.server.signature import Signature, TensorInfo
+from tensorgate.server.runtimes.signature import Signature, TensorInfo
+from tensorgate.server.serving.batching import Batcher, BatchingConfig
 from tensorgate.v1.tensor_pb2 import DataType
 
 HOUR_US = 3_600_000_000  # a delay no test could sit out: finishing at all shows it was never waited for

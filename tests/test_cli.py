@@ -87,3 +87,15 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     readme = (root / "README.md").read_text()
     test_command = readme.split("**Test**")[1].split("```bash\n")[1].split("\n")[0]
     assert test_command in (root / ".ci" / "run").read_text()
+
+
+def test_every_command_prints_its_help() -> None:
+    """``--help`` of each command renders (argparse formats help text with %, so a "95%" in a description broke
+    ``serve --help`` once)."""
+    commands = ["serve", "models", "predict", "classify", "train", "keys", "certs", "envoy-config"]
+    for command in commands:
+        result = subprocess.run([*CLI, command, "--help"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{command} --help: {result.stderr}"
+        assert "usage: tensorgate" in result.stdout
+    serve = subprocess.run([*CLI, "serve", "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert "95%" in serve

@@ -21,10 +21,10 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from tensorgate.server.auth import Principal, write_key_file
-from tensorgate.server.certs import create_dev_pki
+from tensorgate.gateway.envoy import envoy_binary
 from tensorgate.server.config import ServerConfig, environment_values, load_config
-from tensorgate.server.gateway import envoy_binary
+from tensorgate.server.security.auth import Principal, write_key_file
+from tensorgate.server.security.certs import create_dev_pki
 from tensorgate.v1 import model_service_pb2
 
 from conftest import ROOT

@@ -7,10 +7,10 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-from tensorgate.server.auth import Principal, write_key_file
-from tensorgate.server.certs import create_dev_pki
+from tensorgate.gateway.envoy import envoy_binary, render_envoy_config
 from tensorgate.server.config import ServerConfig, load_config
-from tensorgate.server.gateway import envoy_binary, render_envoy_config
+from tensorgate.server.security.auth import Principal, write_key_file
+from tensorgate.server.security.certs import create_dev_pki
 
 from conftest import ROOT
 from jwt_tokens import TokenIssuer

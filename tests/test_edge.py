@@ -23,8 +23,8 @@ import pytest
 from test_gateway import json_tensor, rest
 
 from tensorgate.clients.client import TensorgateClient
+from tensorgate.gateway.envoy import envoy_binary, render_envoy_config
 from tensorgate.server.config import EdgeConfig, ServerConfig
-from tensorgate.server.gateway import envoy_binary, render_envoy_config
 
 from conftest import ServerProcess, free_port, mnist_inputs, start_server
 

@@ -11,10 +11,10 @@ import grpc
 import jwt
 import pytest
 
-from tensorgate.server import watched_file
-from tensorgate.server.auth import Principal
 from tensorgate.server.errors import UnauthenticatedError
-from tensorgate.server.jwt_auth import JwtVerifier
+from tensorgate.server.security import watched_file
+from tensorgate.server.security.auth import Principal
+from tensorgate.server.security.jwt_auth import JwtVerifier
 
 from jwt_tokens import AUDIENCE, ISSUER, TokenIssuer, new_rsa_key
 
@@ -174,7 +174,7 @@ def test_broken_jwks_keeps_the_previous_keys(
     for broken in ('{"keys": [', '{"keys": []}', json.dumps({"keys": [{"kty": "RSA", "kid": "x"}]})):
         caplog.clear()
         issuer.jwks_path.write_text(broken)
-        with caplog.at_level(logging.ERROR, logger="tensorgate.server.watched_file"):
+        with caplog.at_level(logging.ERROR, logger="tensorgate.server.security.watched_file"):
             assert verifier.verify(issuer.token()).name == "jwt:user-1"
         assert any("keeping the previous content" in record.getMessage() for record in caplog.records)
     issuer.write_jwks()  # repaired

@@ -23,8 +23,8 @@ from google.rpc import error_details_pb2
 from tritonclient.grpc import service_pb2 as oip
 
 from tensorgate.clients.client import TensorgateClient
-from tensorgate.server import rate_limit
 from tensorgate.server.errors import RateLimitedError
+from tensorgate.server.security import rate_limit
 from tensorgate.v1 import codec
 from tensorgate.v1.inference_service_pb2 import StreamPredictRequest, StreamPredictResponse
 from tensorgate.v1.model_service_pb2 import GetModelStatusRequest, GetModelStatusResponse

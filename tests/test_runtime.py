@@ -17,12 +17,12 @@ import tensorflow as tf
 from tensorgate.clients.datasets import MnistData
 from tensorgate.server.config import Runtime
 from tensorgate.server.errors import InvalidArgumentError
-from tensorgate.server.loader import load_version
-from tensorgate.server.model_config import ModelConfig
-from tensorgate.server.repository import VersionPath
-from tensorgate.server.runtime import ModelLoadError
-from tensorgate.server.signature import Servable
-from tensorgate.server.tflite_runtime import CACHE_DIR_NAME, convert
+from tensorgate.server.models.loader import load_version
+from tensorgate.server.models.model_config import ModelConfig
+from tensorgate.server.models.repository import VersionPath
+from tensorgate.server.runtimes.signature import Servable
+from tensorgate.server.runtimes.tensorflow import ModelLoadError
+from tensorgate.server.runtimes.tflite import CACHE_DIR_NAME, convert
 
 from conftest import build_scorer_model, mnist_inputs
 
@@ -141,7 +141,7 @@ def test_models_tflite_cannot_run_fall_back_under_auto_and_are_refused_under_tfl
     tmp_path: Path, caplog: pytest.LogCaptureFixture, build: Callable[[Path], None], reason: str
 ) -> None:
     build(tmp_path / "model")
-    with caplog.at_level(logging.INFO, logger="tensorgate.server.loader"):
+    with caplog.at_level(logging.INFO, logger="tensorgate.server.models.loader"):
         servable = load(tmp_path / "model", "auto")
     assert servable.runtime == "tensorflow"
     [logged] = fallback_reasons(caplog)
@@ -190,7 +190,7 @@ def test_a_corrupt_cached_conversion_is_rebuilt_never_served(
         entry.unlink()
         entry = entry.with_name(f"{key}-{hashlib.sha256(content).hexdigest()}.tflite")
         entry.write_bytes(content)
-    with caplog.at_level(logging.WARNING, logger="tensorgate.server.tflite_runtime"):
+    with caplog.at_level(logging.WARNING, logger="tensorgate.server.runtimes.tflite"):
         servable = load(version, "tflite")
     assert any(r.getMessage() == "corrupt cached tflite model removed" for r in caplog.records)
     np.testing.assert_allclose(servable.predict({"x": np.ones((2, 4), np.float32)})["y"], 2.0)

@@ -26,8 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tensorgate.clients.client import TensorgateClient
 from tensorgate.clients.datasets import MnistData
+from tensorgate.gateway.supervisor import server_processes
 from tensorgate.server.config import ConfigError, load_config
-from tensorgate.server.supervisor import server_processes
 
 from conftest import CLI, ServerProcess, free_port, mnist_inputs, start_server
 

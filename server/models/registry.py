@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tensorgate.server.errors import InvalidArgumentError, NotFoundError, UnavailableError, quote
-from tensorgate.server.model_config import ModelConfig
-from tensorgate.server.repository import MAX_VERSION_DIGITS, is_version_number, version_number
-from tensorgate.server.signature import Servable
+from tensorgate.server.models.model_config import ModelConfig
+from tensorgate.server.models.repository import MAX_VERSION_DIGITS, is_version_number, version_number
+from tensorgate.server.runtimes.signature import Servable
 
 
 class VersionState(enum.Enum):

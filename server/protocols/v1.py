@@ -36,9 +36,6 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from prometheus_client import Counter, Histogram
 
-from tensorgate.server import metrics
-from tensorgate.server.auth import Authenticator, Principal
-from tensorgate.server.dataplane import DataPlane, Prediction
 from tensorgate.server.errors import (
     InvalidArgumentError,
     RateLimitedError,
@@ -46,10 +43,13 @@ from tensorgate.server.errors import (
     ServingError,
     quote,
 )
-from tensorgate.server.manager import ModelManager
-from tensorgate.server.registry import ModelRegistry, ModelVersion, VersionState
-from tensorgate.server.signature import TensorInfo
-from tensorgate.server.tracing import start_server_span
+from tensorgate.server.models.manager import ModelManager
+from tensorgate.server.models.registry import ModelRegistry, ModelVersion, VersionState
+from tensorgate.server.observability import metrics
+from tensorgate.server.observability.tracing import start_server_span
+from tensorgate.server.runtimes.signature import TensorInfo
+from tensorgate.server.security.auth import Authenticator, Principal
+from tensorgate.server.serving.dataplane import DataPlane, Prediction
 from tensorgate.v1 import codec, inference_service_pb2, model_service_pb2, tensor_pb2
 from tensorgate.v1.inference_service_pb2 import (
     PredictRequest,

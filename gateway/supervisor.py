@@ -31,8 +31,8 @@ from types import FrameType
 
 from prometheus_client.multiprocess import mark_process_dead
 
+from tensorgate.gateway.envoy import envoy_binary, render_envoy_config
 from tensorgate.server.config import ServerConfig
-from tensorgate.server.gateway import envoy_binary, render_envoy_config
 
 log = logging.getLogger(__name__)
 POLL_S = 0.1

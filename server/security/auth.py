@@ -15,7 +15,7 @@ the SHA-256 of the key, never the key itself::
 Callers send ``x-api-key: <key>`` (or ``authorization: Bearer <key>`` when JWTs
 are off). The file is re-read when it changes, so keys rotate without a
 restart. JWTs (``authorization: Bearer <jwt>``) are verified by
-:mod:`tensorgate.server.jwt_auth`. Scopes: ``predict`` (inference, status,
+:mod:`tensorgate.server.security.jwt_auth`. Scopes: ``predict`` (inference, status,
 metadata) and ``admin`` (load, unload, reload, labels). Health and reflection
 are separate services and stay public.
 """
@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tensorgate.server.errors import PermissionDeniedError, UnauthenticatedError, quote
-from tensorgate.server.rate_limit import RateLimiter
-from tensorgate.server.watched_file import WatchedFile
+from tensorgate.server.security.rate_limit import RateLimiter
+from tensorgate.server.security.watched_file import WatchedFile
 
 if TYPE_CHECKING:
-    from tensorgate.server.jwt_auth import JwtVerifier
+    from tensorgate.server.security.jwt_auth import JwtVerifier
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from typing import Any
 
 import jwt
 
-from tensorgate.server.auth import SCOPES, Principal
 from tensorgate.server.errors import UnauthenticatedError
-from tensorgate.server.watched_file import WatchedFile
+from tensorgate.server.security.auth import SCOPES, Principal
+from tensorgate.server.security.watched_file import WatchedFile
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 The runtime follows the model's ``runtime`` setting:
 
-* ``tensorflow``: the SavedModel, called flat (server/runtime.py);
-* ``tflite``: the TFLite interpreter (server/tflite_runtime.py), or a failed load saying why; outputs are
+* ``tensorflow``: the SavedModel, called flat (server/runtimes/tensorflow.py);
+* ``tflite``: the TFLite interpreter (server/runtimes/tflite.py), or a failed load saying why; outputs are
   not compared (a shipped ``model.tflite`` may be quantized on purpose);
 * ``auto``: TFLite when the signature converts and, on the warm-up inputs, its outputs match TensorFlow's
   (floats within rtol 1e-4 / atol 1e-5, other dtypes exactly); otherwise TensorFlow, with one log line giving
@@ -23,12 +23,12 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tensorgate.server.devices import DeviceError, resolve_device
-from tensorgate.server.model_config import ModelConfig
-from tensorgate.server.repository import VersionPath
-from tensorgate.server.runtime import ModelLoadError, SavedModelRuntime
-from tensorgate.server.signature import Servable, Signature
-from tensorgate.server.tflite_runtime import TfLiteRuntime, TfLiteUnavailable, load_tflite, outputs_mismatch
+from tensorgate.server.models.model_config import ModelConfig
+from tensorgate.server.models.repository import VersionPath
+from tensorgate.server.runtimes.devices import DeviceError, resolve_device
+from tensorgate.server.runtimes.signature import Servable, Signature
+from tensorgate.server.runtimes.tensorflow import ModelLoadError, SavedModelRuntime
+from tensorgate.server.runtimes.tflite import TfLiteRuntime, TfLiteUnavailable, load_tflite, outputs_mismatch
 from tensorgate.v1 import codec
 
 log = logging.getLogger(__name__)

@@ -40,10 +40,10 @@ import numpy as np
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tensorgate.server import metrics
 from tensorgate.server.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
-from tensorgate.server.signature import Servable
-from tensorgate.server.tracing import child_span, tracer
+from tensorgate.server.observability import metrics
+from tensorgate.server.observability.tracing import child_span, tracer
+from tensorgate.server.runtimes.signature import Servable
 
 log = logging.getLogger(__name__)
 

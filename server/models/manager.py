@@ -25,15 +25,15 @@ import logging
 import time
 from pathlib import Path
 
-from tensorgate.server import metrics
-from tensorgate.server.dataplane import DataPlane
 from tensorgate.server.errors import InvalidArgumentError, NotFoundError, quote
-from tensorgate.server.loader import load_version
-from tensorgate.server.model_config import ModelConfig, ModelConfigError, check_label, load_model_config
-from tensorgate.server.registry import ModelRegistry, ModelVersion, VersionState, parse_version
-from tensorgate.server.repository import VersionPath, scan_repository
-from tensorgate.server.runtime import ModelLoadError
-from tensorgate.server.signature import Signature, breaking_changes
+from tensorgate.server.models.loader import load_version
+from tensorgate.server.models.model_config import ModelConfig, ModelConfigError, check_label, load_model_config
+from tensorgate.server.models.registry import ModelRegistry, ModelVersion, VersionState, parse_version
+from tensorgate.server.models.repository import VersionPath, scan_repository
+from tensorgate.server.observability import metrics
+from tensorgate.server.runtimes.signature import Signature, breaking_changes
+from tensorgate.server.runtimes.tensorflow import ModelLoadError
+from tensorgate.server.serving.dataplane import DataPlane
 
 log = logging.getLogger(__name__)
 

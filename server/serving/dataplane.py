@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tensorgate.server.batching import Batcher
-from tensorgate.server.rate_limit import RateLimiter
-from tensorgate.server.registry import ModelRegistry, ModelVersion
-from tensorgate.server.signature import Servable
-from tensorgate.server.tracing import child_span
-from tensorgate.server.validation import Limits, validate_inputs, validate_output_filter
+from tensorgate.server.models.registry import ModelRegistry, ModelVersion
+from tensorgate.server.observability.tracing import child_span
+from tensorgate.server.runtimes.signature import Servable
+from tensorgate.server.security.rate_limit import RateLimiter
+from tensorgate.server.serving.batching import Batcher
+from tensorgate.server.serving.validation import Limits, validate_inputs, validate_output_filter
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tensorgate.server.signature import Signature
+from tensorgate.server.runtimes.signature import Signature
 from tensorgate.v1 import codec
 
 log = logging.getLogger(__name__)

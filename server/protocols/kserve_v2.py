@@ -53,10 +53,10 @@ from tensorgate.compat.kserve_v2.grpc_service_pb2 import (
     ServerReadyRequest,
     ServerReadyResponse,
 )
-from tensorgate.server.auth import Authenticator
-from tensorgate.server.dataplane import DataPlane
 from tensorgate.server.errors import NotFoundError, ServingError, UnavailableError
-from tensorgate.server.grpc_services import (
+from tensorgate.server.models.registry import ModelRegistry, VersionState
+from tensorgate.server.protocols.kserve_v2_codec import datatype_of, decode_inputs, encode_outputs
+from tensorgate.server.protocols.v1 import (
     CallLimits,
     current_caller,
     label_version,
@@ -68,9 +68,9 @@ from tensorgate.server.grpc_services import (
     serve_stream,
     unary_handlers,
 )
-from tensorgate.server.kserve_v2_codec import datatype_of, decode_inputs, encode_outputs
-from tensorgate.server.registry import ModelRegistry, VersionState
-from tensorgate.server.signature import TensorInfo
+from tensorgate.server.runtimes.signature import TensorInfo
+from tensorgate.server.security.auth import Authenticator
+from tensorgate.server.serving.dataplane import DataPlane
 
 log = logging.getLogger(__name__)
 

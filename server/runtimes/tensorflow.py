@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tensorgate.server.errors import InvalidArgumentError
-from tensorgate.server.signature import Signature, TensorInfo
+from tensorgate.server.runtimes.signature import Signature, TensorInfo
 from tensorgate.v1 import codec
 
 log = logging.getLogger(__name__)

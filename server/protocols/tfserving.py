@@ -41,10 +41,10 @@ from tensorgate.compat.tfserving.get_model_status_pb2 import (
 )
 from tensorgate.compat.tfserving.model_pb2 import ModelSpec
 from tensorgate.compat.tfserving.predict_pb2 import PredictRequest, PredictResponse
-from tensorgate.server.auth import Authenticator
-from tensorgate.server.dataplane import DataPlane
 from tensorgate.server.errors import InvalidArgumentError, NotFoundError, quote
-from tensorgate.server.grpc_services import (
+from tensorgate.server.models.registry import ModelRegistry, ModelVersion, VersionState
+from tensorgate.server.protocols.tfserving_codec import decode, encode_into, tf_dtype_of
+from tensorgate.server.protocols.v1 import (
     CallLimits,
     current_caller,
     label_version,
@@ -53,9 +53,9 @@ from tensorgate.server.grpc_services import (
     select_model,
     unary_handlers,
 )
-from tensorgate.server.registry import ModelRegistry, ModelVersion, VersionState
-from tensorgate.server.signature import Signature, TensorInfo
-from tensorgate.server.tfserving_codec import decode, encode_into, tf_dtype_of
+from tensorgate.server.runtimes.signature import Signature, TensorInfo
+from tensorgate.server.security.auth import Authenticator
+from tensorgate.server.serving.dataplane import DataPlane
 
 PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name

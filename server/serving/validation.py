@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tensorgate.server.errors import InvalidArgumentError, quote
-from tensorgate.server.signature import Signature, TensorInfo
+from tensorgate.server.runtimes.signature import Signature, TensorInfo
 from tensorgate.v1 import codec
 
 
