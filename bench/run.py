@@ -818,7 +818,7 @@ def main() -> int:
         echo.send_signal(signal.SIGTERM)
         echo.wait(30)
 
-    from tensorgate.server.serving.batching import BatchingConfig
+    from tensorgate.server.config import BatchingConfig
 
     results = {
         "in_process_examples_per_s": in_process,

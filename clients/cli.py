@@ -323,7 +323,8 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from tensorgate.server.security.auth import Principal, hash_key, new_key, parse_key_file, write_key_file
+    from tensorgate.server.security.auth import hash_key, new_key, parse_key_file, write_key_file
+    from tensorgate.server.security.principal import Principal
 
     keys = parse_key_file(args.file.read_text()) if args.file.exists() else {}
     if args.action == "list":

@@ -16,8 +16,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tensorgate.server.serving.batching import BatchingConfig
-
 ENV_PREFIX = "TENSORGATE_"
 NESTED = "__"  # TENSORGATE_BATCHING__MAX_BATCH_SIZE sets batching.max_batch_size
 MiB = 1024 * 1024
@@ -30,6 +28,44 @@ RUNTIME_DESCRIPTION = (
 # Kubernetes sets TENSORGATE_PORT=tcp://10.0.0.1:8500 in every pod of a namespace with a Service named tensorgate
 # (service links): such values are addresses of Services, never settings.
 SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
+
+
+class BatchingConfig(BaseModel):
+    """Batching knobs of one model (Triton's dynamic batcher and TF Serving's batching options)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Merge concurrent requests; false runs every request alone.")
+    max_batch_size: int = Field(256, ge=1, description="Most examples in one model call.")
+    max_queue_delay_us: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Longest a request waits for others to join its batch, in microseconds. 0 (Triton's default) merges "
+            "only what queued while the workers were busy: no added latency at low load, big batches under load."
+        ),
+    )
+    adaptive_delay_us: int = Field(
+        500,
+        ge=0,
+        description=(
+            "Longest a request may wait for a batch as full as the recent ones, in microseconds, when arrivals are "
+            "dense (recent batches held several requests); never at low load. 0 turns it off."
+        ),
+    )
+    max_queue_size: int = Field(
+        1024, ge=1, description="Requests that may wait; beyond it requests are refused with RESOURCE_EXHAUSTED."
+    )
+    preferred_batch_sizes: tuple[int, ...] = Field(
+        (), description="Batch sizes to pad merged batches up to (e.g. for XLA or a GPU); empty pads nothing."
+    )
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _sorted_positive(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if any(size < 1 for size in sizes):
+            raise ValueError("preferred batch sizes must be positive")
+        return tuple(sorted(set(sizes)))
 
 
 class ConfigError(ValueError):

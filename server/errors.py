@@ -86,3 +86,8 @@ class PermissionDeniedError(ServingError):
     """Known caller without the scope the call needs."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ModelLoadError(Exception):
+    """A version directory could not be loaded or warmed up; the message says why (reported in the model's status,
+    never to a caller of a request)."""

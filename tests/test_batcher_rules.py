@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from tensorgate.server.config import BatchingConfig
 from tensorgate.server.runtimes.signature import Signature, TensorInfo
-from tensorgate.server.serving.batching import Batcher, BatchingConfig
+from tensorgate.server.serving.batching import Batcher
 from tensorgate.v1.tensor_pb2 import DataType
 
 HOUR_US = 3_600_000_000  # a delay no test could sit out: finishing at all shows it was never waited for

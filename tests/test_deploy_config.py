@@ -9,8 +9,9 @@ from pathlib import Path
 
 from tensorgate.gateway.envoy import envoy_binary, render_envoy_config
 from tensorgate.server.config import ServerConfig, load_config
-from tensorgate.server.security.auth import Principal, write_key_file
+from tensorgate.server.security.auth import write_key_file
 from tensorgate.server.security.certs import create_dev_pki
+from tensorgate.server.security.principal import Principal
 
 from conftest import ROOT
 from jwt_tokens import TokenIssuer

@@ -13,8 +13,8 @@ import pytest
 
 from tensorgate.server.errors import UnauthenticatedError
 from tensorgate.server.security import watched_file
-from tensorgate.server.security.auth import Principal
 from tensorgate.server.security.jwt_auth import JwtVerifier
+from tensorgate.server.security.principal import Principal
 
 from jwt_tokens import AUDIENCE, ISSUER, TokenIssuer, new_rsa_key
 

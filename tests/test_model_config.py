@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from tensorgate.server.config import BatchingConfig
 from tensorgate.server.models.model_config import ModelConfig, ModelConfigError, load_model_config
 from tensorgate.server.runtimes.signature import Signature, TensorInfo, breaking_changes
-from tensorgate.server.serving.batching import BatchingConfig
 from tensorgate.v1.tensor_pb2 import DataType
 
 F32, I64 = DataType.DATA_TYPE_FLOAT32, DataType.DATA_TYPE_INT64

@@ -16,12 +16,11 @@ import tensorflow as tf
 
 from tensorgate.clients.datasets import MnistData
 from tensorgate.server.config import Runtime
-from tensorgate.server.errors import InvalidArgumentError
+from tensorgate.server.errors import InvalidArgumentError, ModelLoadError
 from tensorgate.server.models.loader import load_version
 from tensorgate.server.models.model_config import ModelConfig
 from tensorgate.server.models.repository import VersionPath
 from tensorgate.server.runtimes.signature import Servable
-from tensorgate.server.runtimes.tensorflow import ModelLoadError
 from tensorgate.server.runtimes.tflite import CACHE_DIR_NAME, convert
 
 from conftest import build_scorer_model, mnist_inputs

@@ -23,11 +23,12 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from tensorgate.server.errors import ModelLoadError
 from tensorgate.server.models.model_config import ModelConfig
 from tensorgate.server.models.repository import VersionPath
 from tensorgate.server.runtimes.devices import DeviceError, resolve_device
 from tensorgate.server.runtimes.signature import Servable, Signature
-from tensorgate.server.runtimes.tensorflow import ModelLoadError, SavedModelRuntime
+from tensorgate.server.runtimes.tensorflow import SavedModelRuntime
 from tensorgate.server.runtimes.tflite import TfLiteRuntime, TfLiteUnavailable, load_tflite, outputs_mismatch
 from tensorgate.v1 import codec
 

@@ -25,14 +25,13 @@ import logging
 import time
 from pathlib import Path
 
-from tensorgate.server.errors import InvalidArgumentError, NotFoundError, quote
+from tensorgate.server.errors import InvalidArgumentError, ModelLoadError, NotFoundError, quote
 from tensorgate.server.models.loader import load_version
 from tensorgate.server.models.model_config import ModelConfig, ModelConfigError, check_label, load_model_config
 from tensorgate.server.models.registry import ModelRegistry, ModelVersion, VersionState, parse_version
 from tensorgate.server.models.repository import VersionPath, scan_repository
 from tensorgate.server.observability import metrics
 from tensorgate.server.runtimes.signature import Signature, breaking_changes
-from tensorgate.server.runtimes.tensorflow import ModelLoadError
 from tensorgate.server.serving.dataplane import DataPlane
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tensorgate.server.config import DEVICE_PATTERN, RUNTIME_DESCRIPTION, Runtime, merge_nested
+from tensorgate.server.config import DEVICE_PATTERN, RUNTIME_DESCRIPTION, BatchingConfig, Runtime, merge_nested
 from tensorgate.server.errors import quote
 from tensorgate.server.models.repository import is_version_number
-from tensorgate.server.serving.batching import BatchingConfig
 
 MODEL_CONFIG_FILE = "model.toml"
 MAX_LABEL_LENGTH = 128

@@ -48,7 +48,8 @@ from tensorgate.server.models.registry import ModelRegistry, ModelVersion, Versi
 from tensorgate.server.observability import metrics
 from tensorgate.server.observability.tracing import start_server_span
 from tensorgate.server.runtimes.signature import TensorInfo
-from tensorgate.server.security.auth import Authenticator, Principal
+from tensorgate.server.security.auth import Authenticator
+from tensorgate.server.security.principal import Principal
 from tensorgate.server.serving.dataplane import DataPlane, Prediction
 from tensorgate.v1 import codec, inference_service_pb2, model_service_pb2, tensor_pb2
 from tensorgate.v1.inference_service_pb2 import (

@@ -20,15 +20,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tensorgate.server.errors import InvalidArgumentError
+from tensorgate.server.errors import InvalidArgumentError, ModelLoadError
 from tensorgate.server.runtimes.signature import Signature, TensorInfo
 from tensorgate.v1 import codec
 
 log = logging.getLogger(__name__)
-
-
-class ModelLoadError(Exception):
-    """A version directory could not be loaded or warmed up; the message says why."""
 
 
 def _tensor_info(name: str, dtype: tf.DType, shape: tf.TensorShape) -> TensorInfo:

@@ -28,11 +28,11 @@ import logging
 import secrets
 import tomllib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tensorgate.server.errors import PermissionDeniedError, UnauthenticatedError, quote
+from tensorgate.server.errors import PermissionDeniedError, UnauthenticatedError
+from tensorgate.server.security.principal import SCOPES, Principal
 from tensorgate.server.security.rate_limit import RateLimiter
 from tensorgate.server.security.watched_file import WatchedFile
 
@@ -40,22 +40,6 @@ if TYPE_CHECKING:
     from tensorgate.server.security.jwt_auth import JwtVerifier
 
 log = logging.getLogger(__name__)
-
-SCOPES = ("predict", "admin")
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the key's or token subject's name (for logs) and what it may do."""
-
-    name: str
-    scopes: frozenset[str]
-    models: frozenset[str] = frozenset()  # empty = every model
-
-    def check_model(self, model: str) -> None:
-        """PERMISSION_DENIED unless this caller may use ``model``."""
-        if self.models and model not in self.models:
-            raise PermissionDeniedError(f"{self.name!r} may not use model {quote(model)}")
 
 
 def hash_key(key: str) -> str:

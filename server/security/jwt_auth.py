@@ -33,7 +33,7 @@ from typing import Any
 import jwt
 
 from tensorgate.server.errors import UnauthenticatedError
-from tensorgate.server.security.auth import SCOPES, Principal
+from tensorgate.server.security.principal import SCOPES, Principal
 from tensorgate.server.security.watched_file import WatchedFile
 
 log = logging.getLogger(__name__)

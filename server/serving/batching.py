@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from opentelemetry import trace
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tensorgate.server.config import BatchingConfig
 from tensorgate.server.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
 from tensorgate.server.observability import metrics
 from tensorgate.server.observability.tracing import child_span, tracer
@@ -52,44 +52,6 @@ Outputs = dict[str, np.ndarray]
 # more than the call; above it, other requests would wait on the loop.
 INLINE_BUDGET_S = 0.0005
 _SMOOTHING = 0.2  # weight of the newest measurement in the running averages below
-
-
-class BatchingConfig(BaseModel):
-    """Batching knobs of one model (Triton's dynamic batcher and TF Serving's batching options)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = Field(True, description="Merge concurrent requests; false runs every request alone.")
-    max_batch_size: int = Field(256, ge=1, description="Most examples in one model call.")
-    max_queue_delay_us: int = Field(
-        0,
-        ge=0,
-        description=(
-            "Longest a request waits for others to join its batch, in microseconds. 0 (Triton's default) merges "
-            "only what queued while the workers were busy: no added latency at low load, big batches under load."
-        ),
-    )
-    adaptive_delay_us: int = Field(
-        500,
-        ge=0,
-        description=(
-            "Longest a request may wait for a batch as full as the recent ones, in microseconds, when arrivals are "
-            "dense (recent batches held several requests); never at low load. 0 turns it off."
-        ),
-    )
-    max_queue_size: int = Field(
-        1024, ge=1, description="Requests that may wait; beyond it requests are refused with RESOURCE_EXHAUSTED."
-    )
-    preferred_batch_sizes: tuple[int, ...] = Field(
-        (), description="Batch sizes to pad merged batches up to (e.g. for XLA or a GPU); empty pads nothing."
-    )
-
-    @field_validator("preferred_batch_sizes")
-    @classmethod
-    def _sorted_positive(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
-        if any(size < 1 for size in sizes):
-            raise ValueError("preferred batch sizes must be positive")
-        return tuple(sorted(set(sizes)))
 
 
 @dataclass(eq=False)
