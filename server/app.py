@@ -25,20 +25,15 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from tensorgate.server.config import ServerConfig, TlsConfig
+from tensorgate.server.models.loader import load_version
 from tensorgate.server.models.manager import ModelManager
 from tensorgate.server.models.model_config import ModelConfig
 from tensorgate.server.models.registry import ModelRegistry
 from tensorgate.server.observability.metrics import metrics_registry, start_metrics_server
 from tensorgate.server.observability.tracing import setup_tracing, shutdown_tracing
-from tensorgate.server.protocols import kserve_v2, tfserving
-from tensorgate.server.protocols.v1 import (
-    INFERENCE_SERVICE,
-    MODEL_SERVICE,
-    CallLimits,
-    InferenceServicer,
-    ModelServicer,
-    generic_handlers,
-)
+from tensorgate.server.protocols import kserve_v2, tfserving, v1
+from tensorgate.server.protocols.methods import KSERVE_V2, TFS_MODELS, TFS_PREDICTION, V1_INFERENCE, V1_MODELS
+from tensorgate.server.protocols.rpc import CallLimits, Corridor
 from tensorgate.server.runtimes.devices import configure_tensorflow
 from tensorgate.server.security.auth import ApiKeyStore, Authenticator
 from tensorgate.server.security.jwt_auth import JwtVerifier
@@ -67,10 +62,12 @@ async def serve(config: ServerConfig) -> None:
     limits = Limits(config.max_examples_per_request, config.max_tensor_elements, config.reject_non_finite)
     limiter = build_rate_limiter(config)
     examples_limiter = limiter if config.rate_limit_unit == "example" else None
-    dataplane = DataPlane(registry, executor, config.model_workers, limits, examples_limiter)
+    dataplane = DataPlane(executor, config.model_workers, limits, examples_limiter)
     authenticator = build_authenticator(config, limiter)
     defaults = ModelConfig(device=config.device, runtime=config.runtime, batching=config.batching)
-    manager = ModelManager(config.model_repository, registry, dataplane, config.signature_name, defaults)
+    manager = ModelManager(
+        config.model_repository, registry, config.signature_name, defaults, load_version, dataplane.retire
+    )
     shared_ports = config.workers > 1
     server = grpc.aio.server(
         options=[
@@ -80,30 +77,29 @@ async def serve(config: ServerConfig) -> None:
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
         ]
     )
-    limits = CallLimits(config.stream_window, config.max_stream_duration_s, config.max_request_timeout_s)
+    call_limits = CallLimits(config.stream_window, config.max_stream_duration_s, config.max_request_timeout_s)
+    corridor = Corridor(registry, dataplane, call_limits, authenticator)
+    # tensorgate.v1, and the same data plane under the protocols of other model servers, for their clients.
     server.add_generic_rpc_handlers(
-        generic_handlers(
-            InferenceServicer(dataplane, registry, limits, authenticator),
-            ModelServicer(registry, manager, authenticator),
-        )
+        [
+            *v1.handlers(corridor, manager),
+            *kserve_v2.handlers(corridor),
+            *tfserving.handlers(corridor, config.max_tensor_elements),
+        ]
     )
-    # The same data plane and registry under the protocols of other model servers, for their existing clients.
-    v2 = kserve_v2.KServeV2Servicer(dataplane, registry, limits, authenticator)
-    tfs = tfserving.TFServingServicer(dataplane, registry, limits, config.max_tensor_elements, authenticator)
-    server.add_generic_rpc_handlers([kserve_v2.generic_handler(v2), *tfserving.generic_handlers(tfs)])
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    for service in (OVERALL, INFERENCE_SERVICE):
+    for service in (OVERALL, V1_INFERENCE):
         await health.set(service, NOT_SERVING)
-    await health.set(MODEL_SERVICE, SERVING)
+    await health.set(V1_MODELS, SERVING)
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection(
         [
-            INFERENCE_SERVICE,
-            MODEL_SERVICE,
-            kserve_v2.SERVICE,
-            tfserving.PREDICTION_SERVICE,
-            tfserving.MODEL_SERVICE,
+            V1_INFERENCE,
+            V1_MODELS,
+            KSERVE_V2,
+            TFS_PREDICTION,
+            TFS_MODELS,
             health_service,
             reflection.SERVICE_NAME,
         ],
@@ -135,7 +131,7 @@ async def serve(config: ServerConfig) -> None:
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
         loading.result()
-        await health.set(INFERENCE_SERVICE, SERVING if registry.has_available() else NOT_SERVING)
+        await health.set(V1_INFERENCE, SERVING if registry.has_available() else NOT_SERVING)
         await health.set(OVERALL, SERVING)
         log.info("serving", extra={"fields": {"models": registry.model_names()}})
     watcher = asyncio.create_task(manager.watch(config.poll_interval_s)) if config.poll_interval_s else None

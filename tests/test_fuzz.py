@@ -60,13 +60,13 @@ from conftest import ServerProcess
 Code = grpc.StatusCode
 CODES = {code.value[0]: code for code in Code}  # google.rpc.Code number -> status, for errors inside streams
 
-# What a fuzzed gRPC call may answer. Every entry is a status the server (errors.py, through grpc_services._unary)
+# What a fuzzed gRPC call may answer. Every entry is a status the server (errors.py, through protocols/rpc.py)
 # or grpc itself gives for a request that is wrong, or for load; nothing here means "the server broke".
 ALLOWED_CODES: frozenset[grpc.StatusCode] = frozenset(
     {
         # The fuzzed request happens to be valid (a mutation inside an image's pixels, a well-formed request).
         Code.OK,
-        # InvalidArgumentError: bytes that do not parse (grpc_services.parse_request), a tensor that does not decode
+        # InvalidArgumentError: bytes that do not parse (rpc.parse_request), a tensor that does not decode
         # (codec: dtype, shape, encodings, counts), inputs that do not fit the signature or the limits
         # (validation: names, dtypes, shapes, NaN), a missing model name or a version that is not a number.
         Code.INVALID_ARGUMENT,

@@ -23,29 +23,46 @@ import dataclasses
 import gc
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tensorgate.server.errors import InvalidArgumentError, ModelLoadError, NotFoundError, quote
-from tensorgate.server.models.loader import load_version
 from tensorgate.server.models.model_config import ModelConfig, ModelConfigError, check_label, load_model_config
 from tensorgate.server.models.registry import ModelRegistry, ModelVersion, VersionState, parse_version
 from tensorgate.server.models.repository import VersionPath, scan_repository
 from tensorgate.server.observability import metrics
-from tensorgate.server.runtimes.signature import Signature, breaking_changes
-from tensorgate.server.serving.dataplane import DataPlane
+from tensorgate.server.runtimes.signature import Servable, Signature, breaking_changes
 
 log = logging.getLogger(__name__)
 
 
+Loader = Callable[[VersionPath, str, ModelConfig], Servable]
+"""Loads and warms up one version directory (``loader.load_version``); raises ModelLoadError with the reason."""
+RetireHook = Callable[[ModelVersion], Awaitable[None]]
+"""Called when a version copy stops taking requests, to let it finish those it has (``DataPlane.retire``)."""
+
+
 class ModelManager:
-    """Owns every change of the registry after start-up."""
+    """Owns every change of the registry after start-up.
+
+    It decides what is loaded; ``load`` does the loading, and ``on_retire`` tells whoever serves requests that
+    a copy leaves (as MLServer's registry hooks do), so the manager depends on neither the runtimes nor the
+    data plane.
+    """
 
     def __init__(
-        self, root: Path, registry: ModelRegistry, dataplane: DataPlane, signature_name: str, defaults: ModelConfig
+        self,
+        root: Path,
+        registry: ModelRegistry,
+        signature_name: str,
+        defaults: ModelConfig,
+        load: Loader,
+        on_retire: RetireHook,
     ) -> None:
         self._root = root
         self._registry = registry
-        self._dataplane = dataplane
+        self._load_version = load
+        self._on_retire = on_retire
         self._signature_name = signature_name
         self._defaults = defaults
         self._lock = asyncio.Lock()
@@ -203,7 +220,7 @@ class ModelManager:
         self._registry.put(ModelVersion(path.model, path.version, path.path, VersionState.LOADING, config))
         started = time.monotonic()
         try:
-            runtime = await asyncio.to_thread(load_version, path, self._signature_name, config)
+            runtime = await asyncio.to_thread(self._load_version, path, self._signature_name, config)
             current = self._serving_signature(path.model, path.version)
             problems = breaking_changes(current, runtime.signature) if current else []
             if problems and not config.allow_signature_change:
@@ -241,7 +258,7 @@ class ModelManager:
         if path is None:
             return
         try:
-            runtime = await asyncio.to_thread(load_version, path, self._signature_name, config)
+            runtime = await asyncio.to_thread(self._load_version, path, self._signature_name, config)
         except ModelLoadError as exc:
             metrics.LOAD_FAILURES.labels(model=current.model).inc()
             log.error(
@@ -250,7 +267,7 @@ class ModelManager:
             )
             return
         self._registry.put(dataclasses.replace(current, config=config, servable=runtime))
-        await self._dataplane.retire(current)
+        await self._on_retire(current)
         fields = {"model": current.model, "version": current.version, "runtime": runtime.runtime}
         log.info("model version reloaded", extra={"fields": fields})
 
@@ -260,7 +277,7 @@ class ModelManager:
                 continue
             if version.state is VersionState.AVAILABLE:
                 self._registry.put(dataclasses.replace(version, state=VersionState.UNLOADING))
-                await self._dataplane.retire(version)
+                await self._on_retire(version)
             self._registry.remove(model, version.version)
             log.info("model version unloaded", extra={"fields": {"model": model, "version": version.version}})
         if numbers:

@@ -37,7 +37,21 @@ class ModelVersion:
     state: VersionState
     config: ModelConfig
     error: str = ""
-    servable: Servable | None = None
+    servable: Servable | None = None  # held while LOADING (warm-up), AVAILABLE and UNLOADING (drain)
+
+    def __post_init__(self) -> None:
+        if self.state is VersionState.AVAILABLE and self.servable is None:
+            raise ValueError(f"model {self.model!r} version {self.version} is AVAILABLE without a servable")
+
+
+@dataclass(frozen=True)
+class AvailableVersion:
+    """A version that serves requests: what ``ModelRegistry.resolve`` answers, its servable always present."""
+
+    model: str
+    version: int
+    config: ModelConfig
+    servable: Servable
 
 
 class ModelRegistry:
@@ -127,23 +141,21 @@ class ModelRegistry:
                 return candidate
         raise NotFoundError(f"model {quote(model)} has no version {number}; known versions: {self._known(model)}")
 
-    def resolve(self, model: str, version: str) -> ModelVersion:
+    def resolve(self, model: str, version: str) -> AvailableVersion:
         """The version that serves a request: the named one, or the newest AVAILABLE one for "".
 
         NOT_FOUND for an unknown model or version, UNAVAILABLE when the version
         (or, for "", every version) is not AVAILABLE, with the reason.
         """
-        if not model:
-            raise InvalidArgumentError("model is required")
         if version:
             found = self.find(model, version)
             if found.state is not VersionState.AVAILABLE:
                 raise UnavailableError(f"model {quote(model)} version {found.version} is {_state_text(found)}")
-            return found
+            return _available(found)
         versions = self.versions(model)
         for candidate in versions:
             if candidate.state is VersionState.AVAILABLE:
-                return candidate
+                return _available(candidate)
         detail = "; ".join(f"version {v.version} is {_state_text(v)}" for v in versions) or "no version on disk"
         raise UnavailableError(f"model {quote(model)} has no available version: {detail}")
 
@@ -173,6 +185,11 @@ def parse_version(version: str) -> int:
             f"version must be a positive integer of at most {MAX_VERSION_DIGITS} digits, got {quote(version)}"
         )
     return number
+
+
+def _available(version: ModelVersion) -> AvailableVersion:
+    assert version.servable is not None, "ModelVersion refuses to be AVAILABLE without a servable"
+    return AvailableVersion(version.model, version.version, version.config, version.servable)
 
 
 def _state_text(version: ModelVersion) -> str:

@@ -3,10 +3,9 @@
 Clients written for Triton, KServe or MLServer (``tritonclient.grpc`` and the
 like) call this server unchanged. Each handler decodes the v2 request into NumPy
 (``kserve_v2_codec``), calls the same ``DataPlane`` as tensorgate.v1 (registry,
-validation, batching, limits) and encodes the answer back, inside the same
-``rpc_method`` wrapper (span, authorization, gRPC status of each error,
-metrics) and, for ModelStreamInfer, the same ``serve_stream`` window and time
-limit as StreamPredict.
+validation, batching, limits) and encodes the answer back, all through the
+same RPC corridor (``rpc``: span, authorization, gRPC status of each error,
+metrics, and for ModelStreamInfer the stream window and time limit).
 
 How tensorgate answers where the protocol leaves it open:
 
@@ -28,16 +27,10 @@ How tensorgate answers where the protocol leaves it open:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib.metadata
-import logging
-import time
-from collections.abc import AsyncIterator
 
 import grpc
 
-from tensorgate.compat.kserve_v2 import grpc_service_pb2
 from tensorgate.compat.kserve_v2.grpc_service_pb2 import (
     ModelInferRequest,
     ModelInferResponse,
@@ -53,31 +46,15 @@ from tensorgate.compat.kserve_v2.grpc_service_pb2 import (
     ServerReadyRequest,
     ServerReadyResponse,
 )
-from tensorgate.server.errors import NotFoundError, ServingError, UnavailableError
+from tensorgate.server.errors import NotFoundError, UnavailableError
 from tensorgate.server.models.registry import ModelRegistry, VersionState
 from tensorgate.server.protocols.kserve_v2_codec import datatype_of, decode_inputs, encode_outputs
-from tensorgate.server.protocols.v1 import (
-    CallLimits,
-    current_caller,
-    label_version,
-    parse_request,
-    record_request,
-    rejection_reason,
-    rpc_method,
-    select_model,
-    serve_stream,
-    unary_handlers,
-)
+from tensorgate.server.protocols.methods import KSERVE_V2, method
+from tensorgate.server.protocols.rpc import Call, Corridor, Failure, Stream
 from tensorgate.server.runtimes.signature import TensorInfo
-from tensorgate.server.security.auth import Authenticator
-from tensorgate.server.serving.dataplane import DataPlane
 
-log = logging.getLogger(__name__)
-
-SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVER_NAME = "tensorgate"
 PLATFORM = "tensorflow_savedmodel"  # Triton's name for the platform of a SavedModel
-STREAM_METHOD = "kserve_model_stream_infer"
 
 
 def _tensor_metadata(info: TensorInfo) -> ModelMetadataResponse.TensorMetadata:
@@ -89,52 +66,30 @@ def _tensor_metadata(info: TensorInfo) -> ModelMetadataResponse.TensorMetadata:
 class KServeV2Servicer:
     """inference.GRPCInferenceService over the registry and data plane that tensorgate.v1 uses."""
 
-    def __init__(
-        self,
-        dataplane: DataPlane,
-        registry: ModelRegistry,
-        limits: CallLimits,
-        authenticator: Authenticator | None = None,
-    ) -> None:
-        self._dataplane = dataplane
+    def __init__(self, registry: ModelRegistry) -> None:
         self._registry = registry
-        self._limits = limits
-        self.authenticator = authenticator
         self._version = importlib.metadata.version("tensorgate")
 
-    @rpc_method("kserve_server_live", scope=None)
-    async def server_live(self, data: bytes, context: grpc.aio.ServicerContext) -> ServerLiveResponse:
-        parse_request(ServerLiveRequest, data)
+    async def server_live(self, request: ServerLiveRequest, call: Call) -> ServerLiveResponse:
         return ServerLiveResponse(live=True)
 
-    @rpc_method("kserve_server_ready", scope=None)
-    async def server_ready(self, data: bytes, context: grpc.aio.ServicerContext) -> ServerReadyResponse:
-        parse_request(ServerReadyRequest, data)
+    async def server_ready(self, request: ServerReadyRequest, call: Call) -> ServerReadyResponse:
         return ServerReadyResponse(ready=self._registry.has_available())
 
-    @rpc_method("kserve_model_ready")
-    async def model_ready(self, data: bytes, context: grpc.aio.ServicerContext) -> ModelReadyResponse:
-        request = parse_request(ModelReadyRequest, data)
-        select_model(self._registry, request.name)
+    async def model_ready(self, request: ModelReadyRequest, call: Call) -> ModelReadyResponse:
         try:
-            self._registry.resolve(request.name, request.version)
+            call.resolve(request.name, request.version)
         except (NotFoundError, UnavailableError):
             return ModelReadyResponse(ready=False)
         return ModelReadyResponse(ready=True)
 
-    @rpc_method("kserve_server_metadata")
-    async def server_metadata(self, data: bytes, context: grpc.aio.ServicerContext) -> ServerMetadataResponse:
-        parse_request(ServerMetadataRequest, data)
+    async def server_metadata(self, request: ServerMetadataRequest, call: Call) -> ServerMetadataResponse:
         return ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=[])
 
-    @rpc_method("kserve_model_metadata")
-    async def model_metadata(self, data: bytes, context: grpc.aio.ServicerContext) -> ModelMetadataResponse:
+    async def model_metadata(self, request: ModelMetadataRequest, call: Call) -> ModelMetadataResponse:
         """The signature of the version that serves, and the model's AVAILABLE versions (the named one only when
         the request names one), newest first: the first is the one that answers requests naming no version."""
-        request = parse_request(ModelMetadataRequest, data)
-        select_model(self._registry, request.name)
-        version = self._registry.resolve(request.name, request.version)
-        assert version.servable is not None, "the registry resolves only AVAILABLE versions, which hold a servable"
+        version = call.resolve(request.name, request.version)
         signature = version.servable.signature
         if request.version:
             versions = [str(version.version)]
@@ -149,81 +104,36 @@ class KServeV2Servicer:
             outputs=[_tensor_metadata(info) for info in signature.outputs.values()],
         )
 
-    @rpc_method("kserve_model_infer")
-    async def model_infer(self, data: bytes, context: grpc.aio.ServicerContext) -> ModelInferResponse:
-        return await self._infer(parse_request(ModelInferRequest, data), context)
-
-    async def _infer(self, request: ModelInferRequest, context: grpc.aio.ServicerContext) -> ModelInferResponse:
-        select_model(self._registry, request.model_name)
-        admission = self._dataplane.admit(request.model_name, request.model_version, current_caller())
+    async def model_infer(self, request: ModelInferRequest, call: Call) -> ModelInferResponse:
+        admission = call.admit(request.model_name, request.model_version)
         inputs, raw = decode_inputs(request)
-        prediction = await self._dataplane.predict(
-            admission,
-            inputs,
-            [output.name for output in request.outputs],
-            self._limits.time_left(context),
-        )
-        label_version(prediction.version)
+        prediction = await call.predict(admission, inputs, [output.name for output in request.outputs])
         response = ModelInferResponse(model_name=prediction.model, model_version=str(prediction.version), id=request.id)
         encode_outputs(response, prediction.outputs, raw)
         return response
 
-    async def model_stream_infer(
-        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[ModelStreamInferResponse]:
-        """Triton's bidirectional stream: one response per request, in order, errors in ``error_message``."""
+    async def model_stream_infer(self, request: ModelInferRequest, call: Call) -> ModelStreamInferResponse:
+        return ModelStreamInferResponse(infer_response=await self.model_infer(request, call))
 
-        def start(data: bytes, refusal: ServingError | None) -> asyncio.Future[ModelStreamInferResponse]:
-            return asyncio.create_task(self._stream_answer(data, context, refusal))
-
-        stream = serve_stream(
-            self,
-            requests,
-            context,
-            start,
-            method=STREAM_METHOD,
-            rpc="ModelStreamInfer",
-            limits=self._limits,
-        )
-        async with contextlib.aclosing(stream):
-            async for response in stream:
-                yield response
-
-    async def _stream_answer(
-        self, data: bytes, context: grpc.aio.ServicerContext, refusal: ServingError | None
-    ) -> ModelStreamInferResponse:
-        started, code, rejection = time.perf_counter(), grpc.StatusCode.OK, ""
-        response = ModelStreamInferResponse()
-        try:
-            request = parse_request(ModelInferRequest, data)
+    @staticmethod
+    def stream_error(request: ModelInferRequest | None, failed: Failure) -> ModelStreamInferResponse:
+        """Triton's in-stream error: ``error_message`` set, the request's id in ``infer_response``."""
+        response = ModelStreamInferResponse(error_message=failed.message)
+        if request is not None:
             response.infer_response.id, response.infer_response.model_name = request.id, request.model_name
-            if refusal is not None:
-                raise refusal
-            response.infer_response.CopyFrom(await self._infer(request, context))
-        except ServingError as exc:
-            code, rejection = exc.code, rejection_reason(exc)
-            response.error_message = str(exc)
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("unexpected error in a ModelStreamInfer request")
-            response.error_message = "internal error; the server log has the details"
-        record_request(STREAM_METHOD, code, started, rejection)
         return response
 
 
-def generic_handler(servicer: KServeV2Servicer) -> grpc.GenericRpcHandler:
-    """The service's method handlers; requests stay bytes until the servicer parses them."""
-    methods = unary_handlers(
-        {
-            "ServerLive": (servicer.server_live, ServerLiveResponse),
-            "ServerReady": (servicer.server_ready, ServerReadyResponse),
-            "ModelReady": (servicer.model_ready, ModelReadyResponse),
-            "ServerMetadata": (servicer.server_metadata, ServerMetadataResponse),
-            "ModelMetadata": (servicer.model_metadata, ModelMetadataResponse),
-            "ModelInfer": (servicer.model_infer, ModelInferResponse),
-        }
-    )
-    methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-        servicer.model_stream_infer, response_serializer=ModelStreamInferResponse.SerializeToString
-    )
-    return grpc.method_handlers_generic_handler(SERVICE, methods)
+def handlers(corridor: Corridor) -> list[grpc.GenericRpcHandler]:
+    """The service's method handlers, through the corridor."""
+    servicer = KServeV2Servicer(corridor.registry)
+    unary = {
+        method(KSERVE_V2, "ServerLive"): (ServerLiveRequest, servicer.server_live),
+        method(KSERVE_V2, "ServerReady"): (ServerReadyRequest, servicer.server_ready),
+        method(KSERVE_V2, "ModelReady"): (ModelReadyRequest, servicer.model_ready),
+        method(KSERVE_V2, "ServerMetadata"): (ServerMetadataRequest, servicer.server_metadata),
+        method(KSERVE_V2, "ModelMetadata"): (ModelMetadataRequest, servicer.model_metadata),
+        method(KSERVE_V2, "ModelInfer"): (ModelInferRequest, servicer.model_infer),
+    }
+    stream = Stream(ModelInferRequest, servicer.model_stream_infer, servicer.stream_error)
+    return [corridor.service(KSERVE_V2, unary, {method(KSERVE_V2, "ModelStreamInfer"): stream})]

@@ -4,8 +4,8 @@ GetModelMetadata) and ``tensorflow.serving.ModelService`` (GetModelStatus).
 Code written against TF Serving (``tensorflow_serving.apis`` stubs, inputs made
 with ``tf.make_tensor_proto``) calls this server unchanged. Each handler decodes
 TensorProtos into NumPy (``tfserving_codec``), calls the same ``DataPlane`` as
-tensorgate.v1 and encodes the answer back, inside the same ``rpc_method``
-wrapper (span, authorization, gRPC status of each error, metrics).
+tensorgate.v1 and encodes the answer back, through the same RPC corridor
+(``rpc``: span, authorization, gRPC status of each error, metrics).
 
 How tensorgate answers where it differs from a TF Serving model server:
 
@@ -28,7 +28,6 @@ import grpc
 from tensorflow.core.framework import tensor_shape_pb2
 from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
 
-from tensorgate.compat.tfserving import model_service_pb2, prediction_service_pb2
 from tensorgate.compat.tfserving.get_model_metadata_pb2 import (
     GetModelMetadataRequest,
     GetModelMetadataResponse,
@@ -42,23 +41,12 @@ from tensorgate.compat.tfserving.get_model_status_pb2 import (
 from tensorgate.compat.tfserving.model_pb2 import ModelSpec
 from tensorgate.compat.tfserving.predict_pb2 import PredictRequest, PredictResponse
 from tensorgate.server.errors import InvalidArgumentError, NotFoundError, quote
-from tensorgate.server.models.registry import ModelRegistry, ModelVersion, VersionState
+from tensorgate.server.models.registry import AvailableVersion, ModelRegistry, ModelVersion, VersionState
+from tensorgate.server.protocols.methods import TFS_MODELS, TFS_PREDICTION, method
+from tensorgate.server.protocols.rpc import Call, Corridor
 from tensorgate.server.protocols.tfserving_codec import decode, encode_into, tf_dtype_of
-from tensorgate.server.protocols.v1 import (
-    CallLimits,
-    current_caller,
-    label_version,
-    parse_request,
-    rpc_method,
-    select_model,
-    unary_handlers,
-)
 from tensorgate.server.runtimes.signature import Signature, TensorInfo
-from tensorgate.server.security.auth import Authenticator
-from tensorgate.server.serving.dataplane import DataPlane
 
-PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
-MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 SIGNATURE_DEF_FIELD = "signature_def"
 
@@ -78,8 +66,7 @@ def _version(spec: ModelSpec) -> str:
     return spec.version_label if choice == "version_label" else ""
 
 
-def _signature(version: ModelVersion, requested: str) -> Signature:
-    assert version.servable is not None, "the registry resolves only AVAILABLE versions, which hold a servable"
+def _signature(version: AvailableVersion, requested: str) -> Signature:
     signature = version.servable.signature
     if requested and requested != signature.name:
         raise InvalidArgumentError(
@@ -115,38 +102,19 @@ def _version_status(version: ModelVersion) -> ModelVersionStatus:
 class TFServingServicer:
     """tensorflow.serving.PredictionService and ModelService over the registry and data plane of tensorgate.v1."""
 
-    def __init__(
-        self,
-        dataplane: DataPlane,
-        registry: ModelRegistry,
-        limits: CallLimits,
-        max_tensor_elements: int,
-        authenticator: Authenticator | None = None,
-    ) -> None:
-        self._dataplane = dataplane
+    def __init__(self, registry: ModelRegistry, max_tensor_elements: int) -> None:
         self._registry = registry
-        self._limits = limits
         self._max_tensor_elements = max_tensor_elements
-        self.authenticator = authenticator
 
-    @rpc_method("tfserving_predict")
-    async def predict(self, data: bytes, context: grpc.aio.ServicerContext) -> PredictResponse:
-        request = parse_request(PredictRequest, data)
+    async def predict(self, request: PredictRequest, call: Call) -> PredictResponse:
         spec = request.model_spec
-        select_model(self._registry, spec.name)
-        admission = self._dataplane.admit(spec.name, _version(spec), current_caller())
+        admission = call.admit(spec.name, _version(spec))
         signature = _signature(admission.version, spec.signature_name)
         inputs = {
             name: decode(tensor, f"input {quote(name)}", self._max_tensor_elements)
             for name, tensor in request.inputs.items()
         }
-        prediction = await self._dataplane.predict(
-            admission,
-            inputs,
-            request.output_filter,
-            self._limits.time_left(context),
-        )
-        label_version(prediction.version)
+        prediction = await call.predict(admission, inputs, request.output_filter)
         response = PredictResponse()
         response.model_spec.name = prediction.model
         response.model_spec.version.value = prediction.version
@@ -155,11 +123,9 @@ class TFServingServicer:
             encode_into(array, response.outputs[name])
         return response
 
-    @rpc_method("tfserving_get_model_metadata")
-    async def get_model_metadata(self, data: bytes, context: grpc.aio.ServicerContext) -> GetModelMetadataResponse:
-        request = parse_request(GetModelMetadataRequest, data)
+    async def get_model_metadata(self, request: GetModelMetadataRequest, call: Call) -> GetModelMetadataResponse:
         spec = request.model_spec
-        select_model(self._registry, spec.name)
+        call.select(spec.name)
         if not request.metadata_field:
             raise InvalidArgumentError(f"metadata_field is required; the one supported is {SIGNATURE_DEF_FIELD!r}")
         for field in request.metadata_field:
@@ -167,7 +133,7 @@ class TFServingServicer:
                 raise InvalidArgumentError(
                     f"metadata field {quote(field)} is not supported; use {SIGNATURE_DEF_FIELD!r}"
                 )
-        version = self._registry.resolve(spec.name, _version(spec))
+        version = call.resolve(spec.name, _version(spec))
         signature = _signature(version, "")
         signatures = SignatureDefMap()
         signatures.signature_def[signature.name].CopyFrom(_signature_def(signature))
@@ -177,30 +143,21 @@ class TFServingServicer:
         response.metadata[SIGNATURE_DEF_FIELD].Pack(signatures)
         return response
 
-    @rpc_method("tfserving_get_model_status")
-    async def get_model_status(self, data: bytes, context: grpc.aio.ServicerContext) -> GetModelStatusResponse:
-        request = parse_request(GetModelStatusRequest, data)
-        spec = request.model_spec
-        select_model(self._registry, spec.name)
-        if not spec.name:
-            raise InvalidArgumentError("model_spec.name is required")
-        version = _version(spec)
-        versions = [self._registry.find(spec.name, version)] if version else self._registry.versions(spec.name)
+    async def get_model_status(self, request: GetModelStatusRequest, call: Call) -> GetModelStatusResponse:
+        model = call.select(request.model_spec.name)
+        version = _version(request.model_spec)
+        versions = [self._registry.find(model, version)] if version else self._registry.versions(model)
         if not versions:
-            raise NotFoundError(f"model {quote(spec.name)} has no version")
+            raise NotFoundError(f"model {quote(model)} has no version")
         return GetModelStatusResponse(model_version_status=[_version_status(v) for v in versions])
 
 
-def generic_handlers(servicer: TFServingServicer) -> list[grpc.GenericRpcHandler]:
-    """Method handlers of both services; requests stay bytes until the servicer parses them."""
-    prediction = unary_handlers(
-        {
-            "Predict": (servicer.predict, PredictResponse),
-            "GetModelMetadata": (servicer.get_model_metadata, GetModelMetadataResponse),
-        }
-    )
-    models = unary_handlers({"GetModelStatus": (servicer.get_model_status, GetModelStatusResponse)})
-    return [
-        grpc.method_handlers_generic_handler(PREDICTION_SERVICE, prediction),
-        grpc.method_handlers_generic_handler(MODEL_SERVICE, models),
-    ]
+def handlers(corridor: Corridor, max_tensor_elements: int) -> list[grpc.GenericRpcHandler]:
+    """Both services' method handlers, through the corridor."""
+    servicer = TFServingServicer(corridor.registry, max_tensor_elements)
+    prediction = {
+        method(TFS_PREDICTION, "Predict"): (PredictRequest, servicer.predict),
+        method(TFS_PREDICTION, "GetModelMetadata"): (GetModelMetadataRequest, servicer.get_model_metadata),
+    }
+    models = {method(TFS_MODELS, "GetModelStatus"): (GetModelStatusRequest, servicer.get_model_status)}
+    return [corridor.service(TFS_PREDICTION, prediction), corridor.service(TFS_MODELS, models)]

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from tensorgate.server.errors import PermissionDeniedError, quote
 
-SCOPES = ("predict", "admin")
+PREDICT = "predict"  # inference, status and metadata
+ADMIN = "admin"  # load, unload, reload, labels
+SCOPES = (PREDICT, ADMIN)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The transport-independent serving path: admit, validate, batch, run the model.
 
-gRPC servicers (and through Envoy, every REST route) call ``admit`` with the
-model and version a request names, then decode its tensors, then ``predict``
-with the NumPy inputs; it knows nothing of protobuf. Admission comes first so
+The RPC corridor (and through Envoy, every REST route) calls ``admit`` with the
+version the registry resolved for a request, then decodes its tensors, then calls
+``predict`` with the NumPy inputs; it knows nothing of protobuf. Admission comes first so
 that an overloaded model refuses a request before any work is spent on its
 tensors. Each model version gets its own batcher, created on its first
 request, whose model calls run on the shared bounded worker pool so that the
@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tensorgate.server.models.registry import ModelRegistry, ModelVersion
+from tensorgate.server.models.registry import AvailableVersion, ModelVersion
 from tensorgate.server.observability.tracing import child_span
-from tensorgate.server.runtimes.signature import Servable
 from tensorgate.server.security.rate_limit import RateLimiter
 from tensorgate.server.serving.batching import Batcher
 from tensorgate.server.serving.validation import Limits, validate_inputs, validate_output_filter
@@ -30,8 +29,7 @@ from tensorgate.server.serving.validation import Limits, validate_inputs, valida
 class Admission:
     """A request let in: the version that serves it, and the batcher it queues on, which had room for it."""
 
-    version: ModelVersion
-    servable: Servable
+    version: AvailableVersion
     batcher: Batcher
     caller: str | None  # the authenticated caller, charged per example when the rate limit counts examples
 
@@ -50,7 +48,6 @@ class DataPlane:
 
     def __init__(
         self,
-        registry: ModelRegistry,
         executor: Executor,
         workers: int,
         limits: Limits,
@@ -58,7 +55,6 @@ class DataPlane:
     ) -> None:
         """``examples_limiter``: the callers' rate limiter when a token is one example. Authorization has
         charged each request one token; the data plane charges the rest of its examples once they are counted."""
-        self._registry = registry
         self._executor = executor
         self._workers = workers
         self._limits = limits
@@ -66,18 +62,13 @@ class DataPlane:
         # Keyed by the servable too: a reloaded copy of a version gets a batcher of its own.
         self._batchers: dict[tuple[str, int, int], Batcher] = {}
 
-    def admit(self, model: str, version: str, caller: str | None = None) -> Admission:
-        """The version that serves a request for ``model`` and ``version``, if its queue has room.
-
-        NOT_FOUND, UNAVAILABLE or INVALID_ARGUMENT as the registry resolves; RESOURCE_EXHAUSTED with a retry
-        delay when the queue is full. Call it before decoding the request's tensors, and ``predict`` right
-        after (without awaiting anything in between, the queue keeps the room it had).
-        """
-        target = self._registry.resolve(model, version)
-        servable = _servable(target)
-        batcher = self._batcher(target, servable)
+    def admit(self, version: AvailableVersion, caller: str | None = None) -> Admission:
+        """A request for ``version`` let in, if its queue has room (RESOURCE_EXHAUSTED with a retry delay when it
+        is full). Call it before decoding the request's tensors, and ``predict`` right after (without awaiting
+        anything in between, the queue keeps the room it had)."""
+        batcher = self._batcher(version)
         batcher.check_room()
-        return Admission(target, servable, batcher, caller)
+        return Admission(version, batcher, caller)
 
     async def predict(
         self,
@@ -92,7 +83,7 @@ class DataPlane:
         deadline passes while it is queued is dropped before the model runs.
         Cancelling the awaiting task withdraws a request that is still queued.
         """
-        signature = admission.servable.signature
+        signature = admission.version.servable.signature
         with child_span("validate"):
             size = validate_inputs(signature, inputs, self._limits)
             validate_output_filter(signature, output_filter)
@@ -117,17 +108,17 @@ class DataPlane:
             await batcher.close()
         self._batchers.clear()
 
-    def _batcher(self, version: ModelVersion, servable: Servable) -> Batcher:
-        key = (version.model, version.version, id(servable))
+    def _batcher(self, version: AvailableVersion) -> Batcher:
+        key = (version.model, version.version, id(version.servable))
         batcher = self._batchers.get(key)
         if batcher is None:
             batcher = Batcher(
-                version.model, version.version, servable, version.config.batching, self._executor, self._workers
+                version.model,
+                version.version,
+                version.servable,
+                version.config.batching,
+                self._executor,
+                self._workers,
             )
             self._batchers[key] = batcher
         return batcher
-
-
-def _servable(version: ModelVersion) -> Servable:
-    assert version.servable is not None, "the registry resolves only AVAILABLE versions, which hold a servable"
-    return version.servable
