@@ -1,9 +1,11 @@
-"""ruff over the whole repository (generated stubs excluded in pyproject.toml)."""
+"""ruff over the whole repository (generated stubs excluded in pyproject.toml), and the import contracts."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,3 +17,22 @@ def test_ruff_check_and_format() -> None:
     assert check.returncode == 0, check.stdout
     fmt = subprocess.run([ruff, "format", "--check", "."], cwd=ROOT, capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout
+
+
+def test_imports_point_down(tmp_path: Path) -> None:
+    """The import-linter contracts in pyproject.toml (layers of server/, TensorFlow only where it is needed, the
+    contracts' package and the client standing alone).
+
+    import-linter reads packages from directories, and the editable install maps ``tensorgate.*`` onto the
+    top-level folders without one: the test lays the mapping of pyproject.toml out as links first.
+    """
+    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for package, folder in mapping.items():
+        link = tmp_path.joinpath(*package.split("."))
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(ROOT / folder)
+    lint = Path(sys.executable).parent / "lint-imports"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run([lint], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout

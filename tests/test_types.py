@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Separate runs: the two scripts are both named generate.py, and codec.py is also reachable as tensorgate.v1.codec
 # through the editable install.
 TARGETS = (
-    ["server", "clients", "bench"],
+    ["server", "clients", "bench", "gateway"],
     ["protos/tensorgate/v1/codec.py"],
     ["protos/generate.py"],
     ["deploy/generate.py"],
