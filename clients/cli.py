@@ -144,12 +144,13 @@ NOT_CONFIG = ("command", "config", "train_if_empty", "assets_dir", "worker_index
 
 
 def _load_config(args: argparse.Namespace) -> ServerConfig:
-    from tensorgate.server.config import load_config, set_nested
+    from tensorgate.server.config import load_config
 
     flags: dict[str, Any] = {}
     for dest, value in vars(args).items():
         if value is not None and dest not in NOT_CONFIG:
-            set_nested(flags, dest.split("."), value)
+            table, _, name = dest.rpartition(".")
+            (flags.setdefault(table, {}) if table else flags)[name] = value
     return load_config(args.config, flags)
 
 
