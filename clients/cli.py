@@ -68,7 +68,7 @@ def add_client_commands(commands: Subcommands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The client commands alone (what a machine without the server's packages can run)."""
-    parser = argparse.ArgumentParser(prog="tensorgate", description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(prog="tensorgate", description="The client commands of tensorgate.")
     add_client_commands(parser.add_subparsers(dest="command", required=True))
     return parser
 
@@ -77,7 +77,7 @@ def run_command(args: argparse.Namespace) -> int:
     """Run the command ``args`` were parsed for: errors of the call or of the input become one line on stderr."""
     run: Command = args.run
     try:
-        return int(run(args) or 0)
+        return run(args)
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1

@@ -92,7 +92,7 @@ def _metavar(annotation: Any) -> str:
 
 
 def _default(field: FieldInfo) -> str:
-    """ " (default: ...)" as the value would be typed, or nothing for an unset or empty default."""
+    """The "(default: ...)" ending of a flag's help, the value as one would type it; none for an unset default."""
     value = field.get_default(call_default_factory=True)
     if value is None or value in ("", ()):
         return ""
