@@ -196,7 +196,8 @@ def start_tensorgate(repository: Path, batching: bool, log: Path, *extra: str, r
     port = free_port_block(16)
     metrics_port = port + 8  # replica i: gRPC on port + i, metrics on port + 8 + i, plaintext health on port + 12 + i
     gateway_port = free_port()
-    command = [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--model-repository", str(repository), *extra]
+    command = [sys.executable, "-m", "tensorgate.server.commands", "serve", "--model-repository", str(repository)]
+    command += extra
     command += ["--port", str(port), "--metrics-port", str(metrics_port), "--batching-enabled", str(batching).lower()]
     command += ["--gateway-port", str(gateway_port), "--gateway-admin-port", str(free_port())]
     command += ["--replicas", str(replicas), "--health-port", str(port + 12)]
@@ -421,7 +422,7 @@ def scale_out(repository: Path, body: Path, rest_body: str, seconds: int, tmp: P
 
 def tls_cost(repository: Path, body: Path, rest_body: str, seconds: int, tmp: Path, log: Path) -> dict[str, Any]:
     """The same load through Envoy in plaintext and with TLS on both hops (TLS to Envoy, mTLS Envoy -> server)."""
-    from tensorgate.server.security.certs import create_dev_pki
+    from tensorgate.server.commands.certs import create_dev_pki
 
     pki = create_dev_pki(tmp / "certs")
     tls_flags = (
@@ -500,7 +501,10 @@ class OipTarget:
 def serve_flags() -> set[str]:
     """The long flags `tensorgate serve --help` lists: the bench adds targets for flags other branches add."""
     output = subprocess.run(
-        [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "tensorgate.server.commands", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return long_flags(output)
 
@@ -560,7 +564,7 @@ def echo_target(tmp: Path, version: str) -> OipTarget:
 def tensorgate_target(repository: Path, name: str, *extra: str, connections: int = 1) -> OipTarget:
     """tensorgate without Envoy: the OIP service is on the server's own gRPC port."""
     port = free_port_block(16)  # room for --workers N taking metrics_port + i, as replicas do
-    argv = [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--model-repository", str(repository)]
+    argv = [sys.executable, "-m", "tensorgate.server.commands", "serve", "--model-repository", str(repository)]
     argv += ["--gateway", "false", "--port", str(port), "--metrics-port", str(port + 8), *extra]
     one_process = "--workers" not in extra  # with workers, one metrics port sees only its own process
     return OipTarget(name, argv, port, metrics_port=port + 8 if one_process else None, connections=connections)

@@ -1,16 +1,19 @@
-"""The ``tensorgate`` command: serve, train, predict, classify, models."""
+"""The client commands of ``tensorgate``: predict, classify, models.
+
+They need only the client package: nothing here imports the server (``tensorgate.server.commands.cli`` adds the
+operator's commands, serve, train, keys, ..., to these for the installed ``tensorgate`` command).
+"""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import json
-import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import grpc
 import numpy as np
@@ -21,11 +24,11 @@ from tensorgate.clients.datasets import DEFAULT_CACHE_DIR, Examples, load_exampl
 from tensorgate.v1 import codec
 from tensorgate.v1.model_service_pb2 import GetModelMetadataResponse, Model, ModelVersionState
 
-if TYPE_CHECKING:  # the client commands never import the server's packages
-    from tensorgate.server.config import ServerConfig
-
 DEFAULT_TARGET = "127.0.0.1:8500"
 REFERENCE_MODEL = "mnist"
+
+Command = Callable[[argparse.Namespace], int]
+Subcommands = argparse._SubParsersAction  # what add_subparsers returns (argparse names no public type for it)
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
@@ -38,64 +41,14 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
 
 
-def _help(description: str | None) -> str | None:
-    """A field's description as argparse help text (which formats it with %: "95%" must be "95%%")."""
-    return None if description is None else description.replace("%", "%%")
-
-
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per ServerConfig field (``--batching-max-batch-size`` for nested ones), documented by the field."""
-    from pydantic import BaseModel
-
-    from tensorgate.server.config import ServerConfig
-
-    for name, field in ServerConfig.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            for sub_name, sub_field in annotation.model_fields.items():
-                flag = f"--{name}-{sub_name}".replace("_", "-")
-                parser.add_argument(flag, dest=f"{name}.{sub_name}", default=None, help=_help(sub_field.description))
-        else:
-            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=_help(field.description))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tensorgate", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="run the gRPC model server")
-    serve.add_argument("--config", type=Path, help="TOML configuration file (flags > TENSORGATE_* env > file)")
-    serve.add_argument(
-        "--train-if-empty",
-        action="store_true",
-        help=f"train the reference MNIST model into <repository>/{REFERENCE_MODEL} when the repository has no model",
-    )
-    serve.add_argument(
-        "--worker-index", type=int, help="set by the supervisor on the worker processes it starts (--workers)"
-    )
-    _add_config_flags(serve)
-
-    envoy_config = commands.add_parser(
-        "envoy-config", help="print the Envoy configuration `serve` would run, for an Envoy deployed on its own"
-    )
-    envoy_config.add_argument("--config", type=Path, help="TOML configuration file (flags > TENSORGATE_* env > file)")
-    envoy_config.add_argument(
-        "--assets-dir", type=Path, help="where Envoy finds tensorgate.binpb, openapi.json and docs/ (a container path)"
-    )
-    _add_config_flags(envoy_config)
-
-    train = commands.add_parser("train", help="train the reference MNIST model and export the next version")
-    train.add_argument("--repository", type=Path, default=Path("models"), help="model repository root")
-    train.add_argument("--model", default=REFERENCE_MODEL, help="model name (directory in the repository)")
-    train.add_argument("--epochs", type=int, default=5)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="where the MNIST wheel is kept")
-
+def add_client_commands(commands: Subcommands) -> None:
+    """Add predict, classify and models to ``commands``; each parser's ``run`` default is its handler."""
     predict = commands.add_parser("predict", help="classify one image (PNG, JPEG) or .npy file")
     predict.add_argument("file", type=Path)
     predict.add_argument("--model", default=REFERENCE_MODEL)
     predict.add_argument("--version", default="")
     _add_target(predict)
+    predict.set_defaults(run=_predict)
 
     classify = commands.add_parser("classify", help="bulk-classify over StreamPredict")
     classify.add_argument("source", help="a directory of images, an .npy/.npz file, or 'mnist-test'")
@@ -105,32 +58,26 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--batch-size", type=int, default=256, help="examples per stream message")
     classify.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     _add_target(classify)
-
-    keys = commands.add_parser("keys", help="manage the API key file (hashes and scopes; keys are shown once)")
-    keys.add_argument("action", choices=["add", "revoke", "list"])
-    keys.add_argument("name", nargs="?", help="key name (letters, digits, - and _)")
-    keys.add_argument("--file", type=Path, required=True, help="the server's --api-keys-file")
-    keys.add_argument("--scopes", default="predict", help="comma-separated: predict, admin (default predict)")
-    keys.add_argument("--models", default="", help="comma-separated models the key may use (default: all)")
-
-    certs = commands.add_parser("certs", help="create a development CA and server, gateway and client certificates")
-    certs.add_argument("--out", type=Path, default=Path("certs"), help="directory for the PEM files (default certs/)")
-    certs.add_argument(
-        "--hosts", default="localhost,127.0.0.1", help="comma-separated names and addresses of the certificates"
-    )
-    certs.add_argument("--days", type=int, default=365)
+    classify.set_defaults(run=_classify)
 
     models = commands.add_parser("models", help="list models, or show one model's status and signature")
     models.add_argument("model", nargs="?")
     _add_target(models)
+    models.set_defaults(run=_models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The client commands alone (what a machine without the server's packages can run)."""
+    parser = argparse.ArgumentParser(prog="tensorgate", description="The client commands of tensorgate.")
+    add_client_commands(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ logs out of the JSON log
-    args = build_parser().parse_args(argv)
+def run_command(args: argparse.Namespace) -> int:
+    """Run the command ``args`` were parsed for: errors of the call or of the input become one line on stderr."""
+    run: Command = args.run
     try:
-        return int(_COMMANDS[args.command](args) or 0)
+        return run(args)
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
@@ -139,69 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-# Arguments that are not ServerConfig fields.
-NOT_CONFIG = ("command", "config", "train_if_empty", "assets_dir", "worker_index")
-
-
-def _load_config(args: argparse.Namespace) -> ServerConfig:
-    from tensorgate.server.config import load_config, set_nested
-
-    flags: dict[str, Any] = {}
-    for dest, value in vars(args).items():
-        if value is not None and dest not in NOT_CONFIG:
-            set_nested(flags, dest.split("."), value)
-    return load_config(args.config, flags)
-
-
-def _envoy_config(args: argparse.Namespace) -> int:
-    from tensorgate.gateway.envoy import render_envoy_config
-
-    print(render_envoy_config(_load_config(args), args.assets_dir), end="")
-    return 0
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from tensorgate.server.observability.json_logging import setup_logging
-
-    config = _load_config(args)
-    setup_logging(config.log_level, {} if args.worker_index is None else {"worker": args.worker_index})
-    repository = config.model_repository
-    if args.train_if_empty and not (repository.is_dir() and any(p.is_dir() for p in repository.iterdir())):
-        from tensorgate.server.reference.training import train_mnist
-
-        train_mnist(repository, REFERENCE_MODEL)
-    if not repository.is_dir():
-        raise FileNotFoundError(f"model repository {repository} does not exist (use --train-if-empty to create one)")
-    # The supervisor itself never imports TensorFlow: the server children do.
-    if args.worker_index is None and (config.gateway or config.workers > 1):
-        from tensorgate.gateway.supervisor import supervise
-
-        return supervise(config, argv_of_serve(args))
-    from tensorgate.server.app import run
-
-    run(config)
-    return 0
-
-
-def argv_of_serve(args: argparse.Namespace) -> list[str]:
-    """The serve flags given on the command line, to start the gRPC server child with the same settings."""
-    argv = ["--config", str(args.config)] if args.config else []
-    for dest, value in vars(args).items():
-        if value is not None and dest not in NOT_CONFIG:
-            argv += [f"--{dest.replace('.', '-').replace('_', '-')}", str(value)]
-    return argv
-
-
-def _train(args: argparse.Namespace) -> int:
-    import logging
-
-    from tensorgate.server.reference.training import train_mnist
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = train_mnist(args.repository, args.model, epochs=args.epochs, seed=args.seed, cache_dir=args.cache_dir)
-    print(f"test accuracy: {result.test_accuracy:.4f}")
-    print(f"exported {args.model} version {result.version} to {result.path} ({result.train_seconds:.1f} s training)")
-    return 0
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(build_parser().parse_args(argv))
 
 
 def _client(args: argparse.Namespace) -> TensorgateClient:
@@ -321,52 +207,6 @@ def _models(args: argparse.Namespace) -> int:
             print(f"    {kind} {spec.name}: {codec.dtype_name(spec.dtype)} {shape}")
     return 0
 
-
-def _keys(args: argparse.Namespace) -> int:
-    from tensorgate.server.security.auth import hash_key, new_key, parse_key_file, write_key_file
-    from tensorgate.server.security.principal import Principal
-
-    keys = parse_key_file(args.file.read_text()) if args.file.exists() else {}
-    if args.action == "list":
-        for principal in sorted(keys.values(), key=lambda p: p.name):
-            print(f"{principal.name}: {', '.join(sorted(principal.scopes))}")
-        return 0
-    if not args.name or not args.name.replace("-", "").replace("_", "").isalnum():
-        raise ValueError("a key name of letters, digits, - and _ is required")
-    keys = {digest: p for digest, p in keys.items() if p.name != args.name}
-    if args.action == "add":
-        key = new_key()
-        models = frozenset(m.strip() for m in args.models.split(",") if m.strip())
-        keys[hash_key(key)] = Principal(args.name, frozenset(s.strip() for s in args.scopes.split(",")), models)
-        if not keys[hash_key(key)].scopes <= {"predict", "admin"}:
-            raise ValueError(f"scopes must be among predict, admin; got {args.scopes}")
-        write_key_file(args.file, keys)
-        print(key)  # shown once: only its hash is stored
-    else:
-        write_key_file(args.file, keys)
-    return 0
-
-
-def _certs(args: argparse.Namespace) -> int:
-    from tensorgate.server.security.certs import create_dev_pki
-
-    pki = create_dev_pki(args.out, [h.strip() for h in args.hosts.split(",") if h.strip()], args.days)
-    print(f"CA {pki.ca}")
-    for name, pair in (("server", pki.server), ("gateway", pki.gateway), ("client", pki.client)):
-        print(f"{name} {pair.cert} {pair.key}")
-    return 0
-
-
-_COMMANDS = {
-    "serve": _serve,
-    "train": _train,
-    "predict": _predict,
-    "classify": _classify,
-    "models": _models,
-    "keys": _keys,
-    "certs": _certs,
-    "envoy-config": _envoy_config,
-}
 
 if __name__ == "__main__":
     sys.exit(main())

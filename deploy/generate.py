@@ -110,7 +110,7 @@ def render_envoy(variant: EnvoyVariant) -> str:
         # Only the deployment's own TENSORGATE_* variables: none of the caller's shell may leak into the output.
         environ = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
         environ |= {key: value.replace(MOUNT, str(stand_in)) for key, value in variant.environ.items()}
-        command = [sys.executable, "-m", "tensorgate.clients.cli", "envoy-config", "--config", str(config_file)]
+        command = [sys.executable, "-m", "tensorgate.server.commands", "envoy-config", "--config", str(config_file)]
         command += ["--assets-dir", ASSETS_DIR, "--gateway-upstream", variant.upstream]
         result = subprocess.run(command, capture_output=True, text=True, env=environ, cwd=ROOT)
         if result.returncode != 0:

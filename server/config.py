@@ -2,7 +2,8 @@
 ``TENSORGATE_*`` environment variables, then command-line flags.
 
 Every knob is a field of :class:`ServerConfig`; the ``serve`` command builds its
-flags from these fields, so a knob is documented once, here.
+flags from these fields, so a knob is documented once, here. pydantic-settings'
+sources read the file and the environment (:func:`load_config`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,17 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
 ENV_PREFIX = "TENSORGATE_"
 NESTED = "__"  # TENSORGATE_BATCHING__MAX_BATCH_SIZE sets batching.max_batch_size
@@ -28,6 +37,14 @@ RUNTIME_DESCRIPTION = (
 # Kubernetes sets TENSORGATE_PORT=tcp://10.0.0.1:8500 in every pod of a namespace with a Service named tensorgate
 # (service links): such values are addresses of Services, never settings.
 SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
+
+
+def _split_commas(value: Any) -> Any:
+    """ "a, b" as ["a", "b"]: how the environment and flags spell a list (a TOML file writes a list)."""
+    return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+
+
+CommaList = Annotated[list[str], BeforeValidator(_split_commas)]
 
 
 class BatchingConfig(BaseModel):
@@ -56,8 +73,10 @@ class BatchingConfig(BaseModel):
     max_queue_size: int = Field(
         1024, ge=1, description="Requests that may wait; beyond it requests are refused with RESOURCE_EXHAUSTED."
     )
-    preferred_batch_sizes: tuple[int, ...] = Field(
-        (), description="Batch sizes to pad merged batches up to (e.g. for XLA or a GPU); empty pads nothing."
+    preferred_batch_sizes: Annotated[tuple[int, ...], BeforeValidator(_split_commas)] = Field(
+        (),
+        description="Batch sizes to pad merged batches up to (e.g. for XLA or a GPU), comma-separated in env/flags; "
+        "empty pads nothing.",
     )
 
     @field_validator("preferred_batch_sizes")
@@ -110,14 +129,9 @@ class JwtConfig(BaseModel):
 
     jwks_file: Path | None = Field(None, description="JWKS file of the issuer's public keys; unset = JWTs off.")
     issuer: str = Field("", description="Required `iss` claim.")
-    audiences: list[str] = Field(["tensorgate"], description="Accepted `aud` values (comma-separated in env/flags).")
-    algorithms: list[str] = Field(["RS256", "ES256"], description="Signature algorithms accepted (allow-list).")
+    audiences: CommaList = Field(["tensorgate"], description="Accepted `aud` values (comma-separated in env/flags).")
+    algorithms: CommaList = Field(["RS256", "ES256"], description="Signature algorithms accepted (allow-list).")
     leeway_s: float = Field(30.0, ge=0, description="Clock skew tolerated on exp/nbf, in seconds.")
-
-    @field_validator("audiences", "algorithms", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _issuer_with_keys(self) -> JwtConfig:
@@ -235,7 +249,7 @@ class ServerConfig(BaseModel):
     auth_failure_burst: int = Field(
         50, ge=1, description="Failed authentications a client address may make at once before it is throttled."
     )
-    trusted_proxies: list[str] = Field(
+    trusted_proxies: CommaList = Field(
         ["127.0.0.0/8", "::1/128"],
         description="Networks of proxies (the gateway) whose last x-forwarded-for hop is taken as the client's "
         "address (comma-separated in env/flags).",
@@ -277,11 +291,6 @@ class ServerConfig(BaseModel):
     )
     shutdown_grace_s: float = Field(30.0, ge=0, description="Seconds in-flight calls may take to finish on SIGTERM.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
-
-    @field_validator("trusted_proxies", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -364,24 +373,35 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class _SettingsShape(ServerConfig, BaseSettings):
+    """ServerConfig's fields as pydantic-settings' sources read them: ``TENSORGATE_<FIELD>``,
+    ``TENSORGATE_<FIELD>__<SUBFIELD>``, values never JSON-decoded (lists are comma-separated).
+
+    Only the sources use this class: ServerConfig itself stays a plain model, so that building one in code never
+    reads the environment.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=NESTED, enable_decoding=False)
+
+
+class _Environment(EnvSettingsSource):
+    """The ``TENSORGATE_*`` variables of ``environ``, less Kubernetes service links (see SERVICE_LINK_SCHEMES)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(_SettingsShape)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        """The variables this source reads (EnvSettingsSource's hook: it reads os.environ, DotEnvSettingsSource a
+        file), names in lower case as the source matches them (case-insensitively, pydantic-settings' default)."""
+        return {
+            key.lower(): value for key, value in self._environ.items() if not value.startswith(SERVICE_LINK_SCHEMES)
+        }
+
+
 def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The ``TENSORGATE_<FIELD>`` (and ``TENSORGATE_<FIELD>__<SUBFIELD>``) variables, as nested values."""
-    values: dict[str, Any] = {}
-    for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        path = key.removeprefix(ENV_PREFIX).lower().split(NESTED)
-        if path[0] not in ServerConfig.model_fields or value.startswith(SERVICE_LINK_SCHEMES):
-            continue
-        set_nested(values, path, value)
-    return values
-
-
-def set_nested(values: dict[str, Any], path: list[str], value: Any) -> None:
-    """``values[path[0]][path[1]]... = value``, creating the inner dicts."""
-    for key in path[:-1]:
-        values = values.setdefault(key, {})
-    values[path[-1]] = value
+    """The settings ``environ`` holds, as nested values (``TENSORGATE_JWT__ISSUER`` as ``{"jwt": {"issuer": ...}}``)."""
+    return _Environment(environ)()
 
 
 def merge_nested(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -398,21 +418,26 @@ def load_config(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ServerConfig:
-    """Merge defaults < ``config_file`` (TOML) < environment < ``flags`` into one validated config.
+    """Merge defaults < ``config_file`` (TOML) < environment (``os.environ`` unless given) < ``flags`` into one
+    validated config.
 
     ``flags`` may nest (``{"batching": {"enabled": "false"}}``); None values are ignored.
     """
-    values: dict[str, Any] = {}
+    sources: list[PydanticBaseSettingsSource] = []
     if config_file is not None:
+        if not config_file.is_file():  # the TOML source would read a missing file as an empty one
+            raise ConfigError(f"cannot read configuration file {config_file}: no such file")
         try:
-            values = tomllib.loads(config_file.read_text())
+            sources.append(TomlConfigSettingsSource(_SettingsShape, config_file))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read configuration file {config_file}: {exc}") from exc
-    values = merge_nested(values, environment_values(os.environ if environ is None else environ))
-    values = merge_nested(values, _without_none(flags or {}))
+    sources.append(_Environment(os.environ if environ is None else environ))
+    values: dict[str, Any] = {}
     try:
-        return ServerConfig.model_validate(values)
-    except ValidationError as exc:
+        for source in sources:
+            values = merge_nested(values, source())
+        return ServerConfig.model_validate(merge_nested(values, _without_none(flags or {})))
+    except (ValidationError, SettingsError) as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
 
 

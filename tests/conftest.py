@@ -27,7 +27,7 @@ from tensorgate.clients.client import ClientTls, TensorgateClient
 from tensorgate.clients.datasets import MnistData, load_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "tensorgate.clients.cli"]
+CLI = [sys.executable, "-m", "tensorgate.server.commands"]
 
 
 def free_port() -> int:

@@ -1,17 +1,28 @@
-"""The `tensorgate` command against the running server, and `train` twice for version numbers."""
+"""The `tensorgate` command against the running server, `train` twice for version numbers, and the command's
+parts: the client commands apart from the server, serve's flags and their help, the key file."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+from pydantic import BaseModel
 
+from tensorgate.clients import cli as client_cli
 from tensorgate.clients.datasets import MnistData
+from tensorgate.server.commands.cli import argv_of_serve, build_parser, config_of, main
+from tensorgate.server.config import ServerConfig
+from tensorgate.server.security.auth import hash_key, parse_key_file
+from tensorgate.server.security.principal import SCOPES
 
 from conftest import CLI, ServerProcess
 
@@ -99,3 +110,91 @@ def test_every_command_prints_its_help() -> None:
         assert "usage: tensorgate" in result.stdout
     serve = subprocess.run([*CLI, "serve", "--help"], capture_output=True, text=True, timeout=60).stdout
     assert "95%" in serve
+
+
+SERVER_SIDE = ("tensorgate.server", "tensorgate.gateway")
+
+
+def test_client_commands_never_import_the_server() -> None:
+    """The client commands run where only the client is installed: clients/cli.py names no server module, not even
+    inside a function, and importing it loads none."""
+    tree = ast.parse(Path(client_cli.__file__).read_text())
+    named = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    named |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not [module for module in named if module.startswith(SERVER_SIDE)]
+    script = "import sys, tensorgate.clients.cli; print(*sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert not [module for module in loaded.stdout.split() if module.startswith(SERVER_SIDE)]
+
+
+def test_the_client_module_offers_the_client_commands_only(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as shown:
+        client_cli.main(["predict", "--help"])
+    assert shown.value.code == 0 and "--target" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        client_cli.main(["serve"])
+    assert refused.value.code == 2 and "invalid choice: 'serve'" in capsys.readouterr().err
+
+
+def serve_help(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("COLUMNS", "120")  # argparse wraps help to the terminal's width
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    return capsys.readouterr().out
+
+
+def test_serve_help_groups_the_flags_with_types_and_defaults(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = serve_help(capsys, monkeypatch)
+    titles = re.findall(r"^(\S[^\n]*):$", text, re.MULTILINE)
+    assert titles[:6] == ["options", "server", "models and runtime", "batching", "limits", "TLS"]
+    assert {"tls", "gateway tls", "authentication and rate limits", "jwt", "gateway (Envoy)", "edge", "tracing"} <= set(
+        titles
+    )
+    assert "batching:\n  Default batching knobs; <model>/model.toml overrides them." in text
+    assert re.search(r"--batching-max-batch-size INT\s+Most examples in one model call. \(default: 256\)", text)
+    assert re.search(r"--batching-preferred-batch-sizes INT,\.\.\.\s", text)
+    assert re.search(r"--trusted-proxies TEXT,\.\.\.\s+.*\(default: 127\.0\.0\.0/8,::1/128\)", text, re.DOTALL)
+    assert "--log-level {DEBUG,INFO,WARNING,ERROR}" in text and "--gateway {true,false}" in text
+    assert "--tls-cert-file PATH" in text and "(default: true)" in text
+    assert "BATCHING." not in text and "(default: None)" not in text and "95%" in text
+
+
+def test_every_config_field_has_one_flag(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    flags = re.findall(r"^  (--[a-z0-9-]+)", serve_help(capsys, monkeypatch), re.MULTILINE)
+    expected = set()
+    for name, field in ServerConfig.model_fields.items():
+        table = field.annotation
+        subfields = table.model_fields if isinstance(table, type) and issubclass(table, BaseModel) else {"": None}
+        expected |= {f"--{name}-{sub}".rstrip("-").replace("_", "-") for sub in subfields}
+    assert len(flags) == len(set(flags))
+    assert expected <= set(flags)
+
+
+def test_serve_flags_reach_the_config_and_the_server_children(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in os.environ if name.startswith("TENSORGATE_")]:
+        monkeypatch.delenv(name)
+    argv = ["--port", "9000", "--batching-preferred-batch-sizes", "32,8", "--jwt-audiences", "a, b"]
+    args = build_parser().parse_args(["serve", "--train-if-empty", *argv])
+    assert argv_of_serve(args) == argv  # what the supervisor passes on: the config's flags, as given
+    config = config_of(args)
+    assert (config.port, config.batching.preferred_batch_sizes, config.jwt.audiences) == (9000, (8, 32), ["a", "b"])
+
+
+def test_keys_add_list_and_revoke(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")  # main sets it; the monkeypatch restores it
+    keys = tmp_path / "keys.toml"
+    assert main(["keys", "add", "ops", "--scopes", ",".join(SCOPES), "--models", "mnist", "--file", str(keys)]) == 0
+    key = capsys.readouterr().out.strip()
+    (principal,) = parse_key_file(keys.read_text()).values()
+    assert hash_key(key) in parse_key_file(keys.read_text())
+    assert (principal.name, principal.scopes, principal.models) == ("ops", frozenset(SCOPES), frozenset({"mnist"}))
+    assert main(["keys", "add", "bad", "--scopes", "predict,root", "--file", str(keys)]) == 2
+    assert f"scopes must be among {', '.join(SCOPES)}; got predict,root" in capsys.readouterr().err
+    assert main(["keys", "list", "--file", str(keys)]) == 0
+    assert capsys.readouterr().out == f"ops: {', '.join(sorted(SCOPES))}\n"
+    assert main(["keys", "revoke", "ops", "--file", str(keys)]) == 0
+    assert parse_key_file(keys.read_text()) == {}

@@ -79,3 +79,39 @@ def test_envoy_files_are_only_checked_where_envoy_runs(tmp_path: Path) -> None:
 def test_kubernetes_service_links_are_not_settings() -> None:
     environ = {"TENSORGATE_PORT": "tcp://10.0.0.7:8500", "TENSORGATE_METRICS_PORT": "9000"}
     assert (load_config(environ=environ).port, load_config(environ=environ).metrics_port) == (8500, 9000)
+
+
+def test_nested_settings_merge_key_by_key_across_sources(tmp_path: Path) -> None:
+    file = tmp_path / "tensorgate.toml"
+    file.write_text("[batching]\nmax_batch_size = 64\nmax_queue_size = 10\nenabled = false\n")
+    environ = {"TENSORGATE_BATCHING__MAX_QUEUE_SIZE": "20", "TENSORGATE_BATCHING__ENABLED": "true"}
+    batching = load_config(file, {"batching": {"enabled": "false"}}, environ).batching
+    assert (batching.max_batch_size, batching.max_queue_size, batching.enabled) == (64, 20, False)
+
+
+def test_preferred_batch_sizes_are_comma_separated_in_environment_and_flags(tmp_path: Path) -> None:
+    environ = {"TENSORGATE_BATCHING__PREFERRED_BATCH_SIZES": "32, 8,1"}
+    assert load_config(environ=environ).batching.preferred_batch_sizes == (1, 8, 32)
+    flags = {"batching": {"preferred_batch_sizes": "4,16"}}
+    assert load_config(flags=flags, environ=environ).batching.preferred_batch_sizes == (4, 16)
+    file = tmp_path / "tensorgate.toml"
+    file.write_text("[batching]\npreferred_batch_sizes = [16, 2]\n")
+    assert load_config(file, environ={}).batching.preferred_batch_sizes == (2, 16)
+    with pytest.raises(ConfigError, match=r"batching\.preferred_batch_sizes"):
+        load_config(environ={"TENSORGATE_BATCHING__PREFERRED_BATCH_SIZES": "8,eight"})
+    with pytest.raises(ConfigError, match="must be positive"):
+        load_config(flags={"batching": {"preferred_batch_sizes": "0,8"}}, environ={})
+
+
+def test_lists_are_comma_separated_not_json_in_the_environment() -> None:
+    config = load_config(environ={"TENSORGATE_TRUSTED_PROXIES": "10.0.0.0/8, ::1/128"})
+    assert config.trusted_proxies == ["10.0.0.0/8", "::1/128"]
+    with pytest.raises(ConfigError, match="jwt"):  # a table is set field by field, never as one JSON value
+        load_config(environ={"TENSORGATE_JWT": '{"issuer": "https://issuer"}'})
+
+
+def test_unknown_settings_are_errors_not_ignored(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"batching\.max_batch"):
+        load_config(environ={"TENSORGATE_BATCHING__MAX_BATCH": "8"})
+    with pytest.raises(ConfigError, match=r"cannot read configuration file .*missing\.toml"):
+        load_config(tmp_path / "missing.toml", environ={})

@@ -22,9 +22,9 @@ import yaml
 from pydantic import BaseModel
 
 from tensorgate.gateway.envoy import envoy_binary
+from tensorgate.server.commands.certs import create_dev_pki
 from tensorgate.server.config import ServerConfig, environment_values, load_config
 from tensorgate.server.security.auth import write_key_file
-from tensorgate.server.security.certs import create_dev_pki
 from tensorgate.server.security.principal import Principal
 from tensorgate.v1 import model_service_pb2
 

@@ -8,9 +8,9 @@ import tomllib
 from pathlib import Path
 
 from tensorgate.gateway.envoy import envoy_binary, render_envoy_config
+from tensorgate.server.commands.certs import create_dev_pki
 from tensorgate.server.config import ServerConfig, load_config
 from tensorgate.server.security.auth import write_key_file
-from tensorgate.server.security.certs import create_dev_pki
 from tensorgate.server.security.principal import Principal
 
 from conftest import ROOT
