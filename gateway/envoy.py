@@ -1,211 +1,609 @@
-"""Renders the Envoy configuration of the REST/JSON gateway from ``gateway/envoy.yaml.tmpl``."""
+"""The Envoy bootstrap of the REST/JSON gateway, built as data and written as JSON.
+
+Each piece of the bootstrap (listener, HTTP connection manager and its filters, routes, clusters, TLS contexts,
+overload manager, tracing, access log) is a dict made by a small function below, and ``render_envoy_config``
+serializes the whole with ``json.dumps``: every value (a path holding ``: `` or ``#``, an issuer with quotes) is
+quoted by the serializer, never pasted into YAML by hand. Envoy reads a bootstrap whose name ends in ``.json`` as
+JSON, so rendered configurations are written to ``*.json`` files.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shutil
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from string import Template
+from typing import Any
 
-from tensorgate.gateway import DESCRIPTOR_SET, DOCS_DIR, ENVOY_TEMPLATE, OPENAPI
-from tensorgate.server.config import JwtConfig, ServerConfig, TlsConfig
+from tensorgate.gateway import DESCRIPTOR_SET, DOCS_DIR, OPENAPI
+from tensorgate.server.config import EdgeConfig, JwtConfig, ServerConfig, TlsConfig
+
+JsonObject = dict[str, Any]
 
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "application/javascript", ".css": "text/css"}
-ROUTE_INDENT = " " * 24
 # Envoy's read and write buffers per connection, as its edge-proxy best practices advise: a caller that sends
 # faster than the server reads (or reads slower than it answers) is paused, not buffered for.
 BUFFER_LIMIT_BYTES = 32 * 1024
-
-
-def _endpoint(host: str, port: int) -> str:
-    return (
-        "              - endpoint:\n"
-        f"                  address:\n"
-        f"                    socket_address: {{address: '{host}', port_value: {port}}}"
-    )
-
-
-def _docs_route(path: str, file: Path) -> str:
-    content_type = CONTENT_TYPES.get(file.suffix, "application/octet-stream")
-    return "\n".join(
-        ROUTE_INDENT + line
-        for line in (
-            f"- match: {{path: {path}}}",
-            f"  direct_response: {{status: 200, body: {{filename: {file}}}}}",
-            "  response_headers_to_add:",
-            f"    - header: {{key: content-type, value: '{content_type}'}}",
-            "  typed_per_filter_config: *no_transcoding",
-        )
-    )
-
-
-TRACING = """\
-                tracing:
-                  random_sampling: {{value: {percent}}}
-                  provider:
-                    name: envoy.tracers.opentelemetry
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
-                      service_name: tensorgate-gateway
-                      grpc_service:
-                        envoy_grpc: {{cluster_name: otel_collector}}
-                        timeout: 1s"""
-TRACING_CLUSTER = """\
-    - name: otel_collector
-      type: STRICT_DNS
-      connect_timeout: 2s
-      typed_extension_protocol_options:
-        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-          explicit_http_config:
-            http2_protocol_options: {{}}
-      load_assignment:
-        cluster_name: otel_collector
-        endpoints:
-          - lb_endpoints:
-              - endpoint:
-                  address:
-                    socket_address: {{address: {host}, port_value: {port}}}"""
-
-
-LISTENER_TLS = """\
-          transport_socket:
-            name: envoy.transport_sockets.tls
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-              require_client_certificate: {require_client_certificate}
-              common_tls_context:
-                alpn_protocols: [h2, http/1.1]
-{certificates}{validation}"""
-UPSTREAM_TLS = """\
-      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-{sni}          common_tls_context:
-            alpn_protocols: [h2]
-{certificates}{validation}"""
-JWT_AUTHN = """\
-                  - name: envoy.filters.http.jwt_authn
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
-                      providers:
-                        tensorgate:
-                          issuer: {issuer}
-                          audiences: {audiences}
-                          local_jwks: {{filename: {jwks}}}
-                          from_headers: [{{name: authorization, value_prefix: "Bearer "}}]
-                          clock_skew_seconds: {leeway_s}
-                          forward: true
-                      rules:
-{public_rules}
-                        - match: {{prefix: /}}
-                          requires: {requirement}"""
-# One token bucket per client address (the connection's peer: x-forwarded-for cannot pick a bucket), the
-# addresses seen most recently kept; a refused gRPC call gets RESOURCE_EXHAUSTED.
-RATE_LIMIT = """\
-                  - name: envoy.filters.http.local_ratelimit
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
-                      stat_prefix: per_address
-                      filter_enabled: {{default_value: {{numerator: 100}}}}
-                      filter_enforced: {{default_value: {{numerator: 100}}}}
-                      rate_limited_as_resource_exhausted: true
-                      response_headers_to_add:
-                        - header: {{key: retry-after, value: "1"}}
-                      rate_limits:
-                        - actions: [{{remote_address: {{}}}}]
-                      descriptors:
-                        - entries: [{{key: remote_address}}]
-                          token_bucket: {{max_tokens: {rate}, tokens_per_fill: {rate}, fill_interval: 1s}}
-                      max_dynamic_descriptors: 65536"""
-# jwt_authn refuses a token made for another audience with 403; like every token not valid here, it is a 401.
-JWT_LOCAL_REPLY = """\
-                local_reply_config:
-                  mappers:
-                    - filter:
-                        extension_filter:
-                          name: envoy.access_loggers.extension_filters.cel
-                          typed_config:
-                            "@type": type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter
-                            expression: >-
-                              response.code == 403 && response.code_details.startsWith('jwt_authn_access_denied')
-                      status_code: 401"""
-# Paths that stay open without credentials: health checks (the v2 protocol's too), reflection, the API description
-# and its page.
-PUBLIC_PREFIXES = (
-    "/grpc.health.v1.Health/",
-    "/inference.GRPCInferenceService/ServerLive",
-    "/inference.GRPCInferenceService/ServerReady",
-    "/v2/health/",
-    "/grpc.reflection.",
-    "/openapi.json",
-    "/docs",
+# Routes that stay open without credentials, as Envoy route matches: health checks (the v2 protocol's too),
+# reflection, the API description and its page. The one input that says which routes are public at the edge.
+PUBLIC_ROUTES: tuple[Mapping[str, str], ...] = (
+    {"prefix": "/grpc.health.v1.Health/"},
+    {"prefix": "/inference.GRPCInferenceService/ServerLive"},
+    {"prefix": "/inference.GRPCInferenceService/ServerReady"},
+    {"prefix": "/v2/health/"},
+    {"prefix": "/grpc.reflection."},
+    {"path": "/openapi.json"},
+    {"prefix": "/docs"},
 )
+# gRPC methods that stream: bounded by max_stream_duration_s rather than the unary request timeout.
+STREAMING_METHODS = ("tensorgate.v1.InferenceService/StreamPredict", "inference.GRPCInferenceService/ModelStreamInfer")
+SERVER_CLUSTER = "tensorgate_grpc"
+COLLECTOR_CLUSTER = "otel_collector"
+TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+BUFFER = "envoy.filters.http.buffer"
 
 
-def _tls_files(tls: TlsConfig, indent: int) -> tuple[str, str]:
-    """The tls_certificates and validation_context blocks of a common_tls_context, indented."""
-    pad = " " * indent
-    certificates = validation = ""
-    if tls.cert_file is not None:
-        certificates = (
-            f"{pad}tls_certificates:\n{pad}  - certificate_chain: {{filename: {tls.cert_file.resolve()}}}\n"
-            f"{pad}    private_key: {{filename: {tls.key_file.resolve() if tls.key_file else ''}}}\n"
-        )
+def typed(message: str, **fields: Any) -> JsonObject:
+    """A ``typed_config``: the protobuf message ``message`` (its full name) with ``fields``."""
+    return {"@type": f"type.googleapis.com/{message}", **fields}
+
+
+def seconds(value: float) -> str:
+    """A protobuf Duration in JSON: ``2.5s``."""
+    return f"{value:g}s"
+
+
+def socket_address(host: str, port: int) -> JsonObject:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def http2_upstream() -> JsonObject:
+    """The cluster option that makes Envoy speak HTTP/2 (gRPC) to the cluster's hosts."""
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    return {options: typed(options, explicit_http_config={"http2_protocol_options": {}})}
+
+
+def load_assignment(cluster: str, endpoints: Sequence[tuple[str, int]]) -> JsonObject:
+    return {
+        "cluster_name": cluster,
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(h, p)}} for h, p in endpoints]}],
+    }
+
+
+# --- TLS -------------------------------------------------------------------------------------------------------------
+
+
+def tls_certificates(tls: TlsConfig) -> JsonObject:
+    """The certificate this side presents, if any, as the ``tls_certificates`` of a common_tls_context."""
+    if tls.cert_file is None or tls.key_file is None:
+        return {}
+    chain = {"filename": str(tls.cert_file.resolve())}
+    return {
+        "tls_certificates": [{"certificate_chain": chain, "private_key": {"filename": str(tls.key_file.resolve())}}]
+    }
+
+
+def trusted_ca(tls: TlsConfig) -> JsonObject:
+    return {} if tls.ca_file is None else {"trusted_ca": {"filename": str(tls.ca_file.resolve())}}
+
+
+def listener_tls(tls: TlsConfig) -> JsonObject:
+    """The listener's TLS (HTTP/2 and HTTP/1.1 by ALPN); with a CA, callers must present a certificate it signed."""
+    context = {"alpn_protocols": ["h2", "http/1.1"], **tls_certificates(tls)}
     if tls.ca_file is not None:
-        validation = f"{pad}validation_context:\n{pad}  trusted_ca: {{filename: {tls.ca_file.resolve()}}}\n"
-    return certificates, validation
+        context["validation_context"] = trusted_ca(tls)
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": typed(
+            "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            require_client_certificate=tls.ca_file is not None,
+            common_tls_context=context,
+        ),
+    }
 
 
-def _listener_tls(tls: TlsConfig) -> str:
-    if not tls.enabled:
-        return ""
-    certificates, validation = _tls_files(tls, 16)
-    required = "true" if tls.ca_file is not None else "false"
-    block = LISTENER_TLS.format(require_client_certificate=required, certificates=certificates, validation=validation)
-    return block.rstrip("\n")
-
-
-def _upstream_tls(tls: TlsConfig, server_host: str) -> str:
+def upstream_tls(tls: TlsConfig, server_host: str) -> JsonObject:
     """Envoy -> server over TLS: the server's certificate must chain to the CA and name the server's address."""
-    certificates, validation = _tls_files(tls, 12)
-    san_type = "IP_ADDRESS" if _is_ip(server_host) else "DNS"
-    validation += (
-        f"              match_typed_subject_alt_names:\n"
-        f"                - {{san_type: {san_type}, matcher: {{exact: '{server_host}'}}}}\n"
-    )
-    sni = "" if _is_ip(server_host) else f"          sni: {server_host}\n"
-    return UPSTREAM_TLS.format(sni=sni, certificates=certificates, validation=validation).rstrip("\n")
+    san = {"san_type": "IP_ADDRESS" if is_ip(server_host) else "DNS", "matcher": {"exact": server_host}}
+    context = {
+        "alpn_protocols": ["h2"],
+        **tls_certificates(tls),
+        "validation_context": {**trusted_ca(tls), "match_typed_subject_alt_names": [san]},
+    }
+    sni = {} if is_ip(server_host) else {"sni": server_host}
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": typed(
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", **sni, common_tls_context=context
+        ),
+    }
 
 
-def _jwt_authn(jwt: JwtConfig, api_keys_too: bool) -> str:
-    if jwt.jwks_file is None:
-        return ""
-    public_rules = "\n".join(
-        f"                        - match: {{{'path' if '.' in p and p.endswith('.json') else 'prefix'}: {p}}}"
-        for p in PUBLIC_PREFIXES
-    )
-    # With API keys in use, a request without a JWT goes on to the server, which checks its x-api-key;
-    # a JWT that is present is always checked here, and refused at the edge when it is invalid.
-    requirement = (
-        "{requires_any: {requirements: [{provider_name: tensorgate}, {allow_missing: {}}]}}"
-        if api_keys_too
-        else "{provider_name: tensorgate}"
-    )
-    return JWT_AUTHN.format(
-        issuer=json.dumps(jwt.issuer),
-        audiences=json.dumps(jwt.audiences),
-        jwks=jwt.jwks_file.resolve(),
-        leeway_s=int(jwt.leeway_s),
-        public_rules=public_rules,
-        requirement=requirement,
-    )
+# --- HTTP filters ----------------------------------------------------------------------------------------------------
 
 
-def _is_ip(host: str) -> bool:
+def rate_limit_filter(rate: int) -> JsonObject:
+    """One token bucket per client address (the connection's peer: x-forwarded-for cannot pick a bucket), the
+    addresses seen most recently kept; a refused gRPC call gets RESOURCE_EXHAUSTED."""
+    return {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": typed(
+            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            stat_prefix="per_address",
+            filter_enabled={"default_value": {"numerator": 100}},
+            filter_enforced={"default_value": {"numerator": 100}},
+            rate_limited_as_resource_exhausted=True,
+            response_headers_to_add=[{"header": {"key": "retry-after", "value": "1"}}],
+            rate_limits=[{"actions": [{"remote_address": {}}]}],
+            descriptors=[
+                {
+                    "entries": [{"key": "remote_address"}],
+                    "token_bucket": {"max_tokens": rate, "tokens_per_fill": rate, "fill_interval": "1s"},
+                }
+            ],
+            max_dynamic_descriptors=65536,
+        ),
+    }
+
+
+def jwt_filter(
+    jwt: JwtConfig, jwks_file: Path, api_keys_too: bool, public_routes: Sequence[Mapping[str, str]]
+) -> JsonObject:
+    """JWTs checked at the edge on every route but ``public_routes``.
+
+    With API keys in use, a request without a JWT goes on to the server, which checks its x-api-key; a JWT that is
+    present is always checked here, and refused at the edge when it is invalid.
+    """
+    provider = {"provider_name": "tensorgate"}
+    requirement = {"requires_any": {"requirements": [provider, {"allow_missing": {}}]}} if api_keys_too else provider
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": typed(
+            "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            providers={
+                "tensorgate": {
+                    "issuer": jwt.issuer,
+                    "audiences": list(jwt.audiences),
+                    "local_jwks": {"filename": str(jwks_file.resolve())},
+                    "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+                    "clock_skew_seconds": int(jwt.leeway_s),
+                    "forward": True,
+                }
+            },
+            rules=[
+                *({"match": dict(match)} for match in public_routes),
+                {"match": {"prefix": "/"}, "requires": requirement},
+            ],
+        ),
+    }
+
+
+def buffer_filter(max_request_bytes: int) -> JsonObject:
+    """A REST body is read whole before it is transcoded (a unary call needs all of it), up to max_message_bytes:
+    beyond, Envoy answers 413 itself (the server's gRPC would say RESOURCE_EXHAUSTED, which REST callers hear as
+    429, "retry"). gRPC calls and REST streams are never buffered: their routes turn this filter off."""
+    buffer = typed("envoy.extensions.filters.http.buffer.v3.Buffer", max_request_bytes=max_request_bytes)
+    return {"name": BUFFER, "typed_config": buffer}
+
+
+def kserve_v2_transcoder(descriptor: Path, max_body_bytes: int) -> JsonObject:
+    """The Open Inference Protocol v2 REST paths (/v2/...), printed with the v2 JSON's field names and every field
+    (``"ready": false``); other requests pass on to tensorgate's transcoder."""
+    return {
+        "name": TRANSCODER,
+        "typed_config": typed(
+            "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+            proto_descriptor=str(descriptor),
+            services=["inference.GRPCInferenceService"],
+            convert_grpc_status=True,
+            print_options={"preserve_proto_field_names": True, "always_print_primitive_fields": True},
+            request_validation_options={
+                "reject_unknown_query_parameters": True,
+                "reject_binding_body_field_collisions": True,
+            },
+            max_request_body_size=max_body_bytes,
+            max_response_body_size=max_body_bytes,
+        ),
+    }
+
+
+def tensorgate_transcoder(descriptor: Path, max_body_bytes: int) -> JsonObject:
+    """tensorgate.v1's REST paths; a REST stream's answers are newline-delimited JSON."""
+    return {
+        "name": TRANSCODER,
+        "typed_config": typed(
+            "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+            proto_descriptor=str(descriptor),
+            services=["tensorgate.v1.InferenceService", "tensorgate.v1.ModelService"],
+            convert_grpc_status=True,
+            print_options={"stream_newline_delimited": True},
+            request_validation_options={
+                "reject_unknown_method": True,
+                "reject_unknown_query_parameters": True,
+                "reject_binding_body_field_collisions": True,
+            },
+            max_request_body_size=max_body_bytes,
+            max_response_body_size=max_body_bytes,
+        ),
+    }
+
+
+def router_filter() -> JsonObject:
+    return {
+        "name": "envoy.filters.http.router",
+        "typed_config": typed("envoy.extensions.filters.http.router.v3.Router"),
+    }
+
+
+def http_filters(
+    config: ServerConfig, descriptor: Path, public_routes: Sequence[Mapping[str, str]]
+) -> list[JsonObject]:
+    """The HTTP filters in order: rate limit, JWT, buffer, the two transcoders, the router."""
+    filters = []
+    if config.edge.rate_limit_per_address:
+        filters.append(rate_limit_filter(config.edge.rate_limit_per_address))
+    if config.jwt.jwks_file is not None:
+        api_keys_too = config.api_keys_file is not None
+        filters.append(jwt_filter(config.jwt, config.jwt.jwks_file, api_keys_too, public_routes))
+    return [
+        *filters,
+        buffer_filter(config.max_message_bytes),
+        kserve_v2_transcoder(descriptor, config.max_message_bytes),
+        tensorgate_transcoder(descriptor, config.max_message_bytes),
+        router_filter(),
+    ]
+
+
+# --- routes ----------------------------------------------------------------------------------------------------------
+
+
+def no_transcoding() -> JsonObject:
+    """The typed_per_filter_config of a route the transcoders leave alone (Envoy's own answers)."""
+    return {TRANSCODER: typed("envoy.config.route.v3.FilterConfig", disabled=True)}
+
+
+def no_buffering() -> JsonObject:
+    """The typed_per_filter_config of a route whose bodies stream (gRPC calls, REST streams)."""
+    return {BUFFER: typed("envoy.extensions.filters.http.buffer.v3.BufferPerRoute", disabled=True)}
+
+
+def to_server(max_duration_s: float) -> JsonObject:
+    """A route to the servers for calls lasting up to ``max_duration_s``, upload included (``timeout: 0s`` turns
+    off the route's own timeout, which would not suit streams)."""
+    return {
+        "cluster": SERVER_CLUSTER,
+        "timeout": "0s",
+        "max_stream_duration": {"max_stream_duration": seconds(max_duration_s), "grpc_timeout_header_max": "0s"},
+    }
+
+
+def file_route(path: str, file: Path, content_type: str) -> JsonObject:
+    """Envoy answers ``path`` itself with the content of ``file``."""
+    return {
+        "match": {"path": path},
+        "direct_response": {"status": 200, "body": {"filename": str(file)}},
+        "response_headers_to_add": [{"header": {"key": "content-type", "value": content_type}}],
+        "typed_per_filter_config": no_transcoding(),
+    }
+
+
+def docs_routes(docs_dir: Path) -> list[JsonObject]:
+    """The docs page (``/docs``) and its files, read from ``docs_dir`` (this installation's files are listed)."""
+    files = sorted(p for p in DOCS_DIR.iterdir() if p.is_file()) if DOCS_DIR.is_dir() else []
+    routes = [
+        file_route(f"/docs/{f.name}", docs_dir / f.name, CONTENT_TYPES.get(f.suffix, "application/octet-stream"))
+        for f in files
+    ]
+    if (DOCS_DIR / "index.html").is_file():
+        routes.insert(0, file_route("/docs", docs_dir / "index.html", CONTENT_TYPES[".html"]))
+    return routes
+
+
+def routes(edge: EdgeConfig, max_stream_duration_s: float, assets: Path) -> list[JsonObject]:
+    """Envoy's own answers (OpenAPI document, docs), then the calls for the servers.
+
+    Routes are matched twice for REST: on the REST path (which decides the buffer filter), and after transcoding
+    on the gRPC method's (which decides where and for how long). REST streams are not buffered; the other REST
+    paths are, up to max_message_bytes. Streams (REST :streamPredict is matched here after transcoding) last up
+    to max_stream_duration_s; a unary call up to request_timeout_s, upload included.
+    """
+    unary = to_server(edge.request_timeout_s)
+    streams = "/(" + "|".join(re.escape(method) for method in STREAMING_METHODS) + ")"
+    return [
+        file_route("/openapi.json", assets / OPENAPI.name, "application/json"),
+        *docs_routes(assets / DOCS_DIR.name),
+        {"match": {"path": "/v1/models:streamPredict"}, "route": unary, "typed_per_filter_config": no_buffering()},
+        {"match": {"safe_regex": {"regex": "/v[12](/.*)?"}}, "route": unary},
+        {
+            "match": {"safe_regex": {"regex": streams}},
+            "route": to_server(max_stream_duration_s),
+            "typed_per_filter_config": no_buffering(),
+        },
+        {"match": {"prefix": "/"}, "route": unary, "typed_per_filter_config": no_buffering()},
+    ]
+
+
+def route_config(edge: EdgeConfig, max_stream_duration_s: float, assets: Path) -> JsonObject:
+    """One virtual host. Every tensorgate call is idempotent (inference included): a call refused by a stopping
+    replica (UNAVAILABLE), reset by one that died, or not connected at all goes to another replica before the
+    caller sees an error."""
+    retry_policy = {
+        "retry_on": "unavailable,cancelled,reset,connect-failure,refused-stream",
+        "num_retries": 3,
+        "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": typed("envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"),
+            }
+        ],
+        "host_selection_retry_max_attempts": 5,
+    }
+    return {
+        "name": "tensorgate",
+        "max_direct_response_body_size_bytes": 8388608,
+        "virtual_hosts": [
+            {
+                "name": "tensorgate",
+                "domains": ["*"],
+                "retry_policy": retry_policy,
+                "routes": routes(edge, max_stream_duration_s, assets),
+            }
+        ],
+    }
+
+
+# --- HTTP connection manager -----------------------------------------------------------------------------------------
+
+
+def tracing(sample_ratio: float) -> JsonObject:
+    """Envoy starts or continues a trace for each request, adds its gateway span, and passes W3C ``traceparent``
+    upstream; spans go to the collector cluster."""
+    return {
+        "random_sampling": {"value": sample_ratio * 100},
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": typed(
+                "envoy.config.trace.v3.OpenTelemetryConfig",
+                service_name="tensorgate-gateway",
+                grpc_service={"envoy_grpc": {"cluster_name": COLLECTOR_CLUSTER}, "timeout": "1s"},
+            ),
+        },
+    }
+
+
+def jwt_local_reply() -> JsonObject:
+    """jwt_authn refuses a token made for another audience with 403; like every token not valid here, it is a
+    401."""
+    expression = "response.code == 403 && response.code_details.startsWith('jwt_authn_access_denied')"
+    return {
+        "mappers": [
+            {
+                "filter": {
+                    "extension_filter": {
+                        "name": "envoy.access_loggers.extension_filters.cel",
+                        "typed_config": typed(
+                            "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter", expression=expression
+                        ),
+                    }
+                },
+                "status_code": 401,
+            }
+        ]
+    }
+
+
+def access_log() -> list[JsonObject]:
+    """One JSON line per request on stdout; the path without its query, which may hold a key."""
+    fields = {
+        "time": "%START_TIME%",
+        "method": "%REQ(:METHOD)%",
+        "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+        "status": "%RESPONSE_CODE%",
+        "grpc_status": "%GRPC_STATUS%",
+        "duration_ms": "%DURATION%",
+        "upstream": "%UPSTREAM_HOST%",
+        "request_id": "%REQ(X-REQUEST-ID)%",
+        "trace_id": "%TRACE_ID%",
+    }
+    without_query = {
+        "name": "envoy.formatter.req_without_query",
+        "typed_config": typed("envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery"),
+    }
+    return [
+        {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": typed(
+                "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                log_format={"json_format": fields, "formatters": [without_query]},
+            ),
+        }
+    ]
+
+
+def http_connection_manager(
+    config: ServerConfig, assets: Path, public_routes: Sequence[Mapping[str, str]]
+) -> JsonObject:
+    """gRPC passed through and REST transcoded, with the edge limits on callers.
+
+    x-forwarded-for ends with the address Envoy saw the caller connect from, never one the caller wrote: the
+    server keys its failed-authentication throttling on it. A caller has request_headers_timeout to send a
+    request's headers (slowloris), and a request or stream may not go quiet for longer than stream_idle_timeout.
+    No request_timeout: it covers the whole request, which for StreamPredict and ModelStreamInfer lasts as long as
+    the stream; the routes' durations bound both kinds of call instead.
+    """
+    edge = config.edge
+    manager: JsonObject = {
+        "stat_prefix": "tensorgate",
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        "xff_num_trusted_hops": 0,
+        "request_headers_timeout": seconds(edge.request_headers_timeout_s),
+        "stream_idle_timeout": seconds(edge.stream_idle_timeout_s),
+        "max_request_headers_kb": edge.max_request_headers_kb,
+        "common_http_protocol_options": {
+            "idle_timeout": seconds(edge.idle_timeout_s),
+            "headers_with_underscores_action": "REJECT_REQUEST",
+        },
+        "http2_protocol_options": {
+            "max_concurrent_streams": 100,
+            "initial_stream_window_size": 65536,
+            "initial_connection_window_size": 1048576,
+        },
+    }
+    if config.tracing_endpoint:
+        manager["tracing"] = tracing(config.trace_sample_ratio)
+    if config.jwt.jwks_file is not None:
+        manager["local_reply_config"] = jwt_local_reply()
+    manager["access_log"] = access_log()
+    manager["http_filters"] = http_filters(config, assets / DESCRIPTOR_SET.name, public_routes)
+    manager["route_config"] = route_config(edge, config.max_stream_duration_s, assets)
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": typed(
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", **manager
+        ),
+    }
+
+
+def listener(config: ServerConfig, assets: Path, public_routes: Sequence[Mapping[str, str]]) -> JsonObject:
+    """One listener for gRPC and REST. Read and write buffers per connection (and per HTTP/1 request) are tens of
+    KiB, not the largest message: the transcoders buffer a REST body up to max_message_bytes themselves, and gRPC
+    bodies stream. Connections over the limit are closed as soon as they are accepted."""
+    connection_limit = {
+        "name": "envoy.filters.network.connection_limit",
+        "typed_config": typed(
+            "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+            stat_prefix="tensorgate",
+            max_connections=config.edge.max_connections,
+        ),
+    }
+    chain: JsonObject = {"name": "tensorgate"}
+    if config.gateway_tls.enabled:
+        chain["transport_socket"] = listener_tls(config.gateway_tls)
+    chain["filters"] = [connection_limit, http_connection_manager(config, assets, public_routes)]
+    return {
+        "name": "tensorgate",
+        "address": socket_address(config.host, config.gateway_port),
+        "per_connection_buffer_limit_bytes": BUFFER_LIMIT_BYTES,
+        "filter_chains": [chain],
+    }
+
+
+# --- clusters --------------------------------------------------------------------------------------------------------
+
+
+def server_cluster(config: ServerConfig) -> JsonObject:
+    """The servers: the ``replicas`` this host runs (port, port+1, ...), or ``gateway_upstream`` resolved by DNS to
+    every address it names (a Kubernetes headless Service).
+
+    A replica that reports NOT_SERVING (loading its models, draining on SIGTERM) or stops answering gets no new
+    calls within a second; one whose connections fail or reset is ejected for a while. gRPC errors (bad input,
+    deadlines, overload) are the callers' and eject no one. Envoy allows 3 concurrent retries per cluster by
+    default: when a replica dies under load, every call it held is retried at once, hence the larger budget.
+    """
+    if config.gateway_upstream:
+        server_host, server_port = config.gateway_upstream.rsplit(":", 1)
+        endpoints = [(server_host, int(server_port))]
+    else:
+        server_host = upstream_host(config.host)
+        endpoints = [(server_host, config.port + i) for i in range(config.replicas)]
+    cluster: JsonObject = {
+        "name": SERVER_CLUSTER,
+        "type": "STRICT_DNS" if config.gateway_upstream else "STATIC",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "2s",
+        "per_connection_buffer_limit_bytes": BUFFER_LIMIT_BYTES,
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": "1s",
+                "no_traffic_interval": "1s",
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "grpc_health_check": {},
+            }
+        ],
+        "circuit_breakers": {"thresholds": [{"max_retries": 1024, "max_requests": 4096, "max_pending_requests": 4096}]},
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 2,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "enforcing_consecutive_5xx": 0,
+            "enforcing_consecutive_gateway_failure": 0,
+            "interval": "1s",
+            "base_ejection_time": "5s",
+            "max_ejection_percent": 50,
+        },
+    }
+    if config.tls.enabled:
+        cluster["transport_socket"] = upstream_tls(config.upstream_tls, server_host)
+    cluster["typed_extension_protocol_options"] = http2_upstream()
+    cluster["load_assignment"] = load_assignment(SERVER_CLUSTER, endpoints)
+    return cluster
+
+
+def collector_cluster(tracing_endpoint: str) -> JsonObject:
+    """The OTLP/gRPC collector Envoy sends its spans to (host:port)."""
+    host, port = tracing_endpoint.rsplit(":", 1)
+    return {
+        "name": COLLECTOR_CLUSTER,
+        "type": "STRICT_DNS",
+        "connect_timeout": "2s",
+        "typed_extension_protocol_options": http2_upstream(),
+        "load_assignment": load_assignment(COLLECTOR_CLUSTER, [(host, int(port))]),
+    }
+
+
+# --- process-wide ----------------------------------------------------------------------------------------------------
+
+
+def admin(config: ServerConfig) -> JsonObject:
+    """Readiness probes and stats still answer when callers hold every connection the global limit allows."""
+    return {
+        "address": socket_address(config.gateway_admin_host, config.gateway_admin_port),
+        "ignore_global_conn_limit": True,
+    }
+
+
+def overload_manager(edge: EdgeConfig) -> JsonObject:
+    """Envoy's edge-proxy best practices: a heap budget (free memory and close idle keep-alives at 95%, refuse new
+    requests at 98%) and a ceiling on downstream connections over all listeners."""
+    heap = "envoy.resource_monitors.fixed_heap"
+
+    def on_heap(action: str, threshold: float) -> JsonObject:
+        return {"name": action, "triggers": [{"name": heap, "threshold": {"value": threshold}}]}
+
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {
+                "name": heap,
+                "typed_config": typed(
+                    "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                    max_heap_size_bytes=edge.max_heap_bytes,
+                ),
+            },
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": typed(
+                    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    max_active_downstream_connections=edge.max_global_connections,
+                ),
+            },
+        ],
+        "actions": [
+            on_heap("envoy.overload_actions.shrink_heap", 0.95),
+            on_heap("envoy.overload_actions.disable_http_keepalive", 0.95),
+            on_heap("envoy.overload_actions.stop_accepting_requests", 0.98),
+        ],
+    }
+
+
+def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -218,65 +616,37 @@ def upstream_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
-def render_envoy_config(config: ServerConfig, assets_dir: Path | None = None) -> str:
-    """The Envoy bootstrap YAML: one listener on ``gateway_port`` in front of the gRPC server on ``port``.
+def envoy_bootstrap(
+    config: ServerConfig,
+    assets_dir: Path | None = None,
+    public_routes: Sequence[Mapping[str, str]] = PUBLIC_ROUTES,
+) -> JsonObject:
+    """The Envoy bootstrap: one listener on ``gateway_port`` in front of the gRPC server on ``port``.
 
     TLS on the listener (``gateway_tls``), towards the server (``tls`` / ``upstream_tls``), JWT checks at the
-    edge (``jwt``), the stream duration and request size limits all come from the same configuration. With
-    ``tracing_endpoint`` (an OTLP/gRPC collector, host:port), Envoy starts or continues a trace for each request,
-    adds its gateway span, and passes W3C ``traceparent`` upstream.
-
-    Upstream: the ``replicas`` this host runs (port, port+1, ...), or ``gateway_upstream`` resolved by DNS to
-    every address it names (a Kubernetes headless Service). ``assets_dir`` is where a container holds the
-    descriptor set, OpenAPI document and docs files (default: this installation's).
+    edge (``jwt``, except on ``public_routes``), the stream duration and request size limits all come from the same
+    configuration. With ``tracing_endpoint`` (an OTLP/gRPC collector, host:port), Envoy traces each request.
+    ``assets_dir`` is where a container holds the descriptor set, OpenAPI document and docs files (default: this
+    installation's).
     """
     assets = assets_dir or DESCRIPTOR_SET.parent
-    edge = config.edge
-    docs_dir = assets / DOCS_DIR.name
-    tracing = tracing_cluster = ""
+    clusters = [server_cluster(config)]
     if config.tracing_endpoint:
-        collector_host, collector_port = config.tracing_endpoint.rsplit(":", 1)
-        tracing = TRACING.format(percent=config.trace_sample_ratio * 100)
-        tracing_cluster = TRACING_CLUSTER.format(host=collector_host, port=int(collector_port))
-    docs = sorted(p for p in DOCS_DIR.iterdir() if p.is_file()) if DOCS_DIR.is_dir() else []
-    routes = [_docs_route(f"/docs/{file.name}", docs_dir / file.name) for file in docs]
-    if (DOCS_DIR / "index.html").is_file():
-        routes.insert(0, _docs_route("/docs", docs_dir / "index.html"))
-    if config.gateway_upstream:
-        server_host, server_port = config.gateway_upstream.rsplit(":", 1)
-        endpoints = [_endpoint(server_host, int(server_port))]
-    else:
-        server_host = upstream_host(config.host)
-        endpoints = [_endpoint(server_host, config.port + i) for i in range(config.replicas)]
-    return Template(ENVOY_TEMPLATE.read_text()).substitute(
-        host=config.host,
-        port=config.gateway_port,
-        admin_port=config.gateway_admin_port,
-        admin_host=config.gateway_admin_host,
-        cluster_type="STRICT_DNS" if config.gateway_upstream else "STATIC",
-        endpoints="\n".join(endpoints),
-        descriptor=assets / DESCRIPTOR_SET.name,
-        openapi=assets / OPENAPI.name,
-        docs_routes="\n".join(routes),
-        tracing=tracing,
-        tracing_cluster=tracing_cluster,
-        listener_tls=_listener_tls(config.gateway_tls),
-        upstream_tls=_upstream_tls(config.upstream_tls, server_host) if config.tls.enabled else "",
-        rate_limit=RATE_LIMIT.format(rate=edge.rate_limit_per_address) if edge.rate_limit_per_address else "",
-        jwt_authn=_jwt_authn(config.jwt, api_keys_too=config.api_keys_file is not None),
-        local_reply=JWT_LOCAL_REPLY if config.jwt.jwks_file else "",
-        max_request_bytes=config.max_message_bytes,
-        max_stream_duration_s=f"{config.max_stream_duration_s:g}",
-        buffer_limit_bytes=BUFFER_LIMIT_BYTES,
-        request_headers_timeout_s=f"{edge.request_headers_timeout_s:g}",
-        stream_idle_timeout_s=f"{edge.stream_idle_timeout_s:g}",
-        idle_timeout_s=f"{edge.idle_timeout_s:g}",
-        request_timeout_s=f"{edge.request_timeout_s:g}",
-        max_request_headers_kb=edge.max_request_headers_kb,
-        max_connections=edge.max_connections,
-        max_global_connections=edge.max_global_connections,
-        max_heap_bytes=edge.max_heap_bytes,
-    )
+        clusters.append(collector_cluster(config.tracing_endpoint))
+    return {
+        "admin": admin(config),
+        "overload_manager": overload_manager(config.edge),
+        "static_resources": {"listeners": [listener(config, assets, public_routes)], "clusters": clusters},
+    }
+
+
+def render_envoy_config(
+    config: ServerConfig,
+    assets_dir: Path | None = None,
+    public_routes: Sequence[Mapping[str, str]] = PUBLIC_ROUTES,
+) -> str:
+    """``envoy_bootstrap`` as JSON text, for a file whose name ends in ``.json``."""
+    return json.dumps(envoy_bootstrap(config, assets_dir, public_routes), indent=2) + "\n"
 
 
 def envoy_binary() -> str:

@@ -3,7 +3,7 @@
 Replicas and workers compose. Replica i listens on ``port + i`` (metrics on
 ``metrics_port + i``, health on ``health_port + i``); Envoy balances over the
 replicas with active health checks, outlier detection and retries (see
-``gateway/envoy.yaml.tmpl``). Each replica is ``workers`` processes that bind
+``gateway/envoy.py``). Each replica is ``workers`` processes that bind
 its ports with SO_REUSEPORT, so the kernel spreads its connections over them;
 they write their metrics to one multiprocess directory per replica, and any of
 them answers a scrape with the sum of all (see ``metrics.py``). Without Envoy
@@ -125,7 +125,7 @@ def supervise(config: ServerConfig, server_args: list[str]) -> int:
 
 def start_envoy(config: ServerConfig, tmp: Path) -> subprocess.Popen[bytes]:
     """Envoy in front of the replicas, its configuration rendered into ``tmp``."""
-    envoy_config = tmp / "envoy.yaml"
+    envoy_config = tmp / "envoy.json"
     envoy_config.write_text(render_envoy_config(config))
     # --file-flush-interval-msec: access log lines reach stdout within half a second.
     envoy_args = ["-c", str(envoy_config), "--disable-hot-restart", "--log-level", "warn"]

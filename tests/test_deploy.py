@@ -151,8 +151,8 @@ def test_envoy_image_matches_the_tested_envoy_and_the_generated_config(mounted: 
     assets = GENERATE.ASSETS_DIR
     assert ["gateway/tensorgate.binpb", "gateway/openapi.json", f"{assets}/"] in copies
     assert ["gateway/docs/", f"{assets}/docs/"] in copies
-    assert ["deploy/envoy/envoy.yaml", "/etc/envoy/envoy.yaml"] in copies
-    assert json.loads(dict(steps)["CMD"])[:3] == ["envoy", "-c", "/etc/envoy/envoy.yaml"]
+    assert ["deploy/envoy/envoy.json", "/etc/envoy/envoy.json"] in copies
+    assert json.loads(dict(steps)["CMD"])[:3] == ["envoy", "-c", "/etc/envoy/envoy.json"]
     config = kubernetes_server_config(mounted)
     exposed = {int(p) for kind, args in steps if kind == "EXPOSE" for p in args.split()}
     assert exposed == {config.gateway_port, config.gateway_admin_port}
@@ -170,13 +170,13 @@ def test_configmaps_hold_the_deployed_files() -> None:
     objects = kubernetes_objects()
     server_toml = tomllib.loads(objects["ConfigMap", "tensorgate-server"]["data"]["tensorgate.toml"])
     assert server_toml == tomllib.loads(PRODUCTION.read_text()) | {"health_port": 8510, "drain_delay_s": 5}
-    envoy = (DEPLOY / "envoy" / "envoy.yaml").read_text()
-    assert objects["ConfigMap", "tensorgate-envoy"]["data"]["envoy.yaml"] == envoy
+    envoy = (DEPLOY / "envoy" / "envoy.json").read_text()
+    assert objects["ConfigMap", "tensorgate-envoy"]["data"]["envoy.json"] == envoy
     collector = (DEPLOY / "compose" / "otel-collector.yaml").read_text()
     assert objects["ConfigMap", "otel-collector"]["data"]["config.yaml"] == collector
 
 
-@pytest.mark.parametrize("name", ["envoy.yaml", "envoy-compose.yaml"])
+@pytest.mark.parametrize("name", ["envoy.json", "envoy-compose.json"])
 def test_envoy_accepts_the_generated_config(name: str, mounted: Path, tmp_path: Path) -> None:
     text = (DEPLOY / "envoy" / name).read_text()
     # The image's assets are this checkout's gateway/ files; the Secrets are the files made under `mounted`.
@@ -194,7 +194,7 @@ def test_envoy_accepts_the_generated_config(name: str, mounted: Path, tmp_path: 
 
 def envoy_upstream(name: str) -> tuple[str, str, int]:
     """(cluster type, address, port) of the cluster Envoy sends tensorgate calls to."""
-    envoy = yaml.safe_load((DEPLOY / "envoy" / name).read_text())
+    envoy = json.loads((DEPLOY / "envoy" / name).read_text())
     (cluster,) = [c for c in envoy["static_resources"]["clusters"] if c["name"] == "tensorgate_grpc"]
     (endpoint,) = [e for group in cluster["load_assignment"]["endpoints"] for e in group["lb_endpoints"]]
     address = endpoint["endpoint"]["address"]["socket_address"]
@@ -325,7 +325,7 @@ def test_envoy_reaches_every_server_pod_through_the_headless_service(mounted: Pa
         "grpc": config.port,
         "metrics": config.metrics_port,
     }
-    cluster_type, address, port = envoy_upstream("envoy.yaml")
+    cluster_type, address, port = envoy_upstream("envoy.json")
     name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
     assert (cluster_type, address, port) == ("STRICT_DNS", f"{name}.{namespace}.svc.cluster.local", config.port)
     assert f"{address}:{port}" == GENERATE.K8S_UPSTREAM
@@ -353,7 +353,7 @@ def test_envoy_deployment_matches_the_configuration(mounted: Path) -> None:
     mounts = {m["mountPath"]: m for m in envoy["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes[mounts["/etc/envoy"]["name"]]["configMap"]["name"] == "tensorgate-envoy"
-    text = (DEPLOY / "envoy" / "envoy.yaml").read_text()
+    text = (DEPLOY / "envoy" / "envoy.json").read_text()
     for path in set(re.findall(rf"{MOUNT}/(?:tls|auth)/[\w.-]+", text)):
         directory, file = path.rsplit("/", 1)
         assert file in {item["path"] for item in volumes[mounts[directory]["name"]]["secret"]["items"]}, path
@@ -456,9 +456,9 @@ def test_compose_matches_the_configuration(mounted: Path) -> None:
     compile(check, "healthcheck", "exec")
     assert f"127.0.0.1:{config.health_port}'" in check
     assert container_ports(envoy["ports"]) == {config.gateway_port, config.gateway_admin_port}
-    assert volumes_of(envoy)["/etc/envoy/envoy.yaml"] == "./envoy/envoy-compose.yaml"
+    assert volumes_of(envoy)["/etc/envoy/envoy.json"] == "./envoy/envoy-compose.json"
     # Envoy dials the server service by name (Docker's DNS: every replica), on the configured port.
-    assert envoy_upstream("envoy-compose.yaml") == ("STRICT_DNS", "server", config.port)
+    assert envoy_upstream("envoy-compose.json") == ("STRICT_DNS", "server", config.port)
     assert f"server:{config.port}" == GENERATE.COMPOSE_UPSTREAM
     # Every file the configuration names lies in a directory mounted in both containers that read it.
     for path in mounted_files(config, mounted):

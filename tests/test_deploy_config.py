@@ -43,10 +43,10 @@ def test_production_config_turns_on_tls_and_auth(tmp_path: Path) -> None:
 
 
 def test_envoy_accepts_the_rendered_production_config(tmp_path: Path) -> None:
-    envoy_yaml = tmp_path / "envoy.yaml"
-    envoy_yaml.write_text(render_envoy_config(production_config(tmp_path)))
+    envoy_json = tmp_path / "envoy.json"
+    envoy_json.write_text(render_envoy_config(production_config(tmp_path)))
     result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(envoy_yaml), "--disable-hot-restart"],
+        [envoy_binary(), "--mode", "validate", "-c", str(envoy_json), "--disable-hot-restart"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -227,8 +227,8 @@ def rate_limited_envoy(tmp_path: Path) -> Iterator[str]:
     """Envoy alone (no server: /openapi.json is its own answer) allowing 5 requests/s per client address."""
     port, admin_port = free_port(), free_port()
     config = ServerConfig(gateway_port=port, gateway_admin_port=admin_port, edge=EdgeConfig(rate_limit_per_address=5))
-    (tmp_path / "envoy.yaml").write_text(render_envoy_config(config))
-    command = [envoy_binary(), "-c", str(tmp_path / "envoy.yaml"), "--disable-hot-restart", "--log-level", "warn"]
+    (tmp_path / "envoy.json").write_text(render_envoy_config(config))
+    command = [envoy_binary(), "-c", str(tmp_path / "envoy.json"), "--disable-hot-restart", "--log-level", "warn"]
     with (tmp_path / "envoy.log").open("wb") as log:
         envoy = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -9,14 +9,14 @@
 # which tests/test_deploy.py and tests/test_deploy_config.py validate the configurations with.
 FROM envoyproxy/envoy:v1.40.0
 
-# What the transcoder and the docs routes read; deploy/envoy/*.yaml name these paths (generated with
+# What the transcoder and the docs routes read; deploy/envoy/*.json name these paths (generated with
 # `tensorgate envoy-config --assets-dir /etc/tensorgate/gateway` by deploy/generate.py).
 COPY gateway/tensorgate.binpb gateway/openapi.json /etc/tensorgate/gateway/
 COPY gateway/docs/ /etc/tensorgate/gateway/docs/
 # The Kubernetes configuration (upstream: the headless Service tensorgate-server). Compose and Kubernetes mount
-# their own over it (deploy/envoy/envoy-compose.yaml, the tensorgate-envoy ConfigMap); certificates and the JWKS
+# their own over it (deploy/envoy/envoy-compose.json, the tensorgate-envoy ConfigMap); certificates and the JWKS
 # are mounted under /etc/tensorgate/tls and /etc/tensorgate/auth.
-COPY deploy/envoy/envoy.yaml /etc/envoy/envoy.yaml
+COPY deploy/envoy/envoy.json /etc/envoy/envoy.json
 
 # The image's own unprivileged user `envoy` (uid 101, the entrypoint's ENVOY_UID default): started as that user,
 # the entrypoint runs Envoy directly instead of starting as root and dropping privileges itself.
@@ -24,4 +24,4 @@ USER 101
 # 8443 the TLS listener (gRPC and REST), 9901 the admin interface (readiness, Prometheus stats).
 EXPOSE 8443 9901
 # No hot restart: a new configuration means a new container, so Envoy needs no shared memory for it.
-CMD ["envoy", "-c", "/etc/envoy/envoy.yaml", "--disable-hot-restart"]
+CMD ["envoy", "-c", "/etc/envoy/envoy.json", "--disable-hot-restart"]
