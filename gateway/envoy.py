@@ -20,6 +20,7 @@ from typing import Any
 
 from tensorgate.gateway import DESCRIPTOR_SET, DOCS_DIR, OPENAPI
 from tensorgate.server.config import EdgeConfig, JwtConfig, ServerConfig, TlsConfig
+from tensorgate.server.protocols.methods import METHODS, public_paths
 
 JsonObject = dict[str, Any]
 
@@ -27,19 +28,18 @@ CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "application/javasc
 # Envoy's read and write buffers per connection, as its edge-proxy best practices advise: a caller that sends
 # faster than the server reads (or reads slower than it answers) is paused, not buffered for.
 BUFFER_LIMIT_BYTES = 32 * 1024
-# Routes that stay open without credentials, as Envoy route matches: health checks (the v2 protocol's too),
-# reflection, the API description and its page. The one input that says which routes are public at the edge.
+# Routes that stay open without credentials, as Envoy route matches: the public methods of the server's method
+# table (the v2 protocol's health checks, by gRPC and REST), the health and reflection services, the API
+# description and its page. The one input that says which routes are public at the edge.
 PUBLIC_ROUTES: tuple[Mapping[str, str], ...] = (
     {"prefix": "/grpc.health.v1.Health/"},
-    {"prefix": "/inference.GRPCInferenceService/ServerLive"},
-    {"prefix": "/inference.GRPCInferenceService/ServerReady"},
-    {"prefix": "/v2/health/"},
+    *({"path": path} for path in public_paths()),
     {"prefix": "/grpc.reflection."},
     {"path": "/openapi.json"},
     {"prefix": "/docs"},
 )
 # gRPC methods that stream: bounded by max_stream_duration_s rather than the unary request timeout.
-STREAMING_METHODS = ("tensorgate.v1.InferenceService/StreamPredict", "inference.GRPCInferenceService/ModelStreamInfer")
+STREAMING_METHODS = tuple(method.path.removeprefix("/") for method in METHODS if method.streams)
 SERVER_CLUSTER = "tensorgate_grpc"
 COLLECTOR_CLUSTER = "otel_collector"
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"

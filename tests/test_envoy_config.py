@@ -12,8 +12,8 @@ from typing import Any
 
 from tensorgate.gateway import DESCRIPTOR_SET, DOCS_DIR, OPENAPI
 from tensorgate.gateway.envoy import PUBLIC_ROUTES, envoy_binary, envoy_bootstrap, render_envoy_config
+from tensorgate.server.commands.certs import create_dev_pki
 from tensorgate.server.config import JwtConfig, ServerConfig, TlsConfig
-from tensorgate.server.security.certs import create_dev_pki
 
 from jwt_tokens import TokenIssuer
 

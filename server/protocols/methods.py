@@ -27,6 +27,7 @@ class Method:
     rpc: str
     name: str
     scope: str | None
+    streams: bool = False  # a bidirectional stream (bounded by the stream duration, not the request timeout)
     rest_paths: tuple[str, ...] = ()  # the REST paths Envoy maps onto a public method, which stay public too
 
     @property
@@ -36,7 +37,7 @@ class Method:
 
 METHODS: tuple[Method, ...] = (
     Method(V1_INFERENCE, "Predict", "predict", PREDICT),
-    Method(V1_INFERENCE, "StreamPredict", "stream_predict", PREDICT),
+    Method(V1_INFERENCE, "StreamPredict", "stream_predict", PREDICT, streams=True),
     Method(V1_MODELS, "ListModels", "list_models", PREDICT),
     Method(V1_MODELS, "GetModelStatus", "get_model_status", PREDICT),
     Method(V1_MODELS, "GetModelMetadata", "get_model_metadata", PREDICT),
@@ -44,13 +45,13 @@ METHODS: tuple[Method, ...] = (
     Method(V1_MODELS, "UnloadModel", "unload_model", ADMIN),
     Method(V1_MODELS, "ReloadModel", "reload_model", ADMIN),
     Method(V1_MODELS, "SetModelLabels", "set_model_labels", ADMIN),
-    Method(KSERVE_V2, "ServerLive", "kserve_server_live", None, ("/v2/health/live",)),
-    Method(KSERVE_V2, "ServerReady", "kserve_server_ready", None, ("/v2/health/ready",)),
+    Method(KSERVE_V2, "ServerLive", "kserve_server_live", None, rest_paths=("/v2/health/live",)),
+    Method(KSERVE_V2, "ServerReady", "kserve_server_ready", None, rest_paths=("/v2/health/ready",)),
     Method(KSERVE_V2, "ModelReady", "kserve_model_ready", PREDICT),
     Method(KSERVE_V2, "ServerMetadata", "kserve_server_metadata", PREDICT),
     Method(KSERVE_V2, "ModelMetadata", "kserve_model_metadata", PREDICT),
     Method(KSERVE_V2, "ModelInfer", "kserve_model_infer", PREDICT),
-    Method(KSERVE_V2, "ModelStreamInfer", "kserve_model_stream_infer", PREDICT),
+    Method(KSERVE_V2, "ModelStreamInfer", "kserve_model_stream_infer", PREDICT, streams=True),
     Method(TFS_PREDICTION, "Predict", "tfserving_predict", PREDICT),
     Method(TFS_PREDICTION, "GetModelMetadata", "tfserving_get_model_metadata", PREDICT),
     Method(TFS_MODELS, "GetModelStatus", "tfserving_get_model_status", PREDICT),
