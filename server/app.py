@@ -25,6 +25,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from tensorgate.server.config import ServerConfig, TlsConfig
+from tensorgate.server.models.loader import load_version
 from tensorgate.server.models.manager import ModelManager
 from tensorgate.server.models.model_config import ModelConfig
 from tensorgate.server.models.registry import ModelRegistry
@@ -70,7 +71,7 @@ async def serve(config: ServerConfig) -> None:
     dataplane = DataPlane(registry, executor, config.model_workers, limits, examples_limiter)
     authenticator = build_authenticator(config, limiter)
     defaults = ModelConfig(device=config.device, runtime=config.runtime, batching=config.batching)
-    manager = ModelManager(config.model_repository, registry, dataplane, config.signature_name, defaults)
+    manager = ModelManager(config.model_repository, registry, dataplane, config.signature_name, defaults, load_version)
     shared_ports = config.workers > 1
     server = grpc.aio.server(
         options=[

@@ -23,27 +23,37 @@ import dataclasses
 import gc
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tensorgate.server.errors import InvalidArgumentError, ModelLoadError, NotFoundError, quote
-from tensorgate.server.models.loader import load_version
 from tensorgate.server.models.model_config import ModelConfig, ModelConfigError, check_label, load_model_config
 from tensorgate.server.models.registry import ModelRegistry, ModelVersion, VersionState, parse_version
 from tensorgate.server.models.repository import VersionPath, scan_repository
 from tensorgate.server.observability import metrics
-from tensorgate.server.runtimes.signature import Signature, breaking_changes
+from tensorgate.server.runtimes.signature import Servable, Signature, breaking_changes
 from tensorgate.server.serving.dataplane import DataPlane
 
 log = logging.getLogger(__name__)
+
+# One version directory -> a warmed-up servable, or ModelLoadError: loader.load_version (TensorFlow) in the server.
+Loader = Callable[[VersionPath, str, ModelConfig], Servable]
 
 
 class ModelManager:
     """Owns every change of the registry after start-up."""
 
     def __init__(
-        self, root: Path, registry: ModelRegistry, dataplane: DataPlane, signature_name: str, defaults: ModelConfig
+        self,
+        root: Path,
+        registry: ModelRegistry,
+        dataplane: DataPlane,
+        signature_name: str,
+        defaults: ModelConfig,
+        load_version: Loader,
     ) -> None:
         self._root = root
+        self._load_version = load_version
         self._registry = registry
         self._dataplane = dataplane
         self._signature_name = signature_name
@@ -203,7 +213,7 @@ class ModelManager:
         self._registry.put(ModelVersion(path.model, path.version, path.path, VersionState.LOADING, config))
         started = time.monotonic()
         try:
-            runtime = await asyncio.to_thread(load_version, path, self._signature_name, config)
+            runtime = await asyncio.to_thread(self._load_version, path, self._signature_name, config)
             current = self._serving_signature(path.model, path.version)
             problems = breaking_changes(current, runtime.signature) if current else []
             if problems and not config.allow_signature_change:
@@ -241,7 +251,7 @@ class ModelManager:
         if path is None:
             return
         try:
-            runtime = await asyncio.to_thread(load_version, path, self._signature_name, config)
+            runtime = await asyncio.to_thread(self._load_version, path, self._signature_name, config)
         except ModelLoadError as exc:
             metrics.LOAD_FAILURES.labels(model=current.model).inc()
             log.error(
