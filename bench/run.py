@@ -29,14 +29,12 @@ What each column means: bench/README.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.metadata
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -52,7 +50,6 @@ from typing import Any, NamedTuple
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -66,7 +63,12 @@ from tensorgate.clients.datasets import load_mnist, to_model_input
 from tensorgate.v1 import codec
 from tensorgate.v1.inference_service_pb2 import PredictRequest, PredictResponse
 
+# The process harness the tests use (tests/support/processes.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.processes import CLI, free_port, free_port_block, start_stack, stop, stop_group, wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
+
 PREDICT_PATH = "/tensorgate.v1.InferenceService/Predict"
 CONCURRENCY = (1, 16, 64)
 WARM_UP_S = 1
@@ -77,12 +79,6 @@ EXAMPLES = "tensorgate_model_examples_total"
 WORKER_CONNECTIONS = 8  # with two connections, both land on one worker half the time
 BATCH_METRICS = (EXAMPLES, "tensorgate_batch_size_count")  # examples and model calls: their ratio is the mean batch
 PEERS_CACHE = ROOT / "bench" / ".peers"  # the peers' virtualenvs (git-ignored), reused across runs
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def metric_sum(metrics_port: int, name: str) -> float:
@@ -159,54 +155,24 @@ class Server:
         return peak_rss_per_process_mb(self.process.pid)
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(60)
-
-
-def wait_serving(port: int, process: subprocess.Popen[bytes]) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        for _ in range(600):
-            if process.poll() is not None:
-                raise RuntimeError("server exited during start-up")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError("server did not become SERVING")
-
-
-def free_port_block(count: int) -> int:
-    """The first of ``count`` consecutive free ports below the ephemeral range (replica i takes port + i)."""
-    for first in range(20000, 32000, 16):
-        try:
-            for port in range(first, first + count):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
-    raise RuntimeError("no block of free ports")
+        stop(self.process)
 
 
 def start_tensorgate(repository: Path, batching: bool, log: Path, *extra: str, replicas: int = 1) -> Server:
-    """The whole stack (supervisor, server replicas, Envoy) on free ports."""
-    port = free_port_block(16)
-    metrics_port = port + 8  # replica i: gRPC on port + i, metrics on port + 8 + i, plaintext health on port + 12 + i
-    gateway_port = free_port()
-    command = [sys.executable, "-m", "tensorgate.server.commands", "serve", "--model-repository", str(repository)]
-    command += extra
-    command += ["--port", str(port), "--metrics-port", str(metrics_port), "--batching-enabled", str(batching).lower()]
-    command += ["--gateway-port", str(gateway_port), "--gateway-admin-port", str(free_port())]
-    command += ["--replicas", str(replicas), "--health-port", str(port + 12)]
-    with log.open("ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    for replica in range(replicas):
-        wait_serving(port + 12 + replica, process)  # the health port speaks plaintext even when the server is mTLS
-    time.sleep(2)  # Envoy's health checks pass every replica
-    return Server(process, port, metrics_port, gateway_port)
+    """The whole stack (supervisor, server replicas, Envoy) on free ports, once Envoy routes to every replica.
+    Readiness polls the replicas' plaintext health ports, which answer even when the server speaks mTLS."""
+    stack = start_stack(
+        repository,
+        log,
+        "--batching-enabled",
+        str(batching).lower(),
+        *extra,
+        gateway=True,
+        replicas=replicas,
+        health_port=True,
+        append_log=True,
+    )
+    return Server(stack.process, stack.port, stack.metrics_port, stack.gateway_port)
 
 
 def wrk(
@@ -501,10 +467,7 @@ class OipTarget:
 def serve_flags() -> set[str]:
     """The long flags `tensorgate serve --help` lists: the bench adds targets for flags other branches add."""
     output = subprocess.run(
-        [sys.executable, "-m", "tensorgate.server.commands", "serve", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--help"], capture_output=True, text=True, check=True
     ).stdout
     return long_flags(output)
 
@@ -564,7 +527,7 @@ def echo_target(tmp: Path, version: str) -> OipTarget:
 def tensorgate_target(repository: Path, name: str, *extra: str, connections: int = 1) -> OipTarget:
     """tensorgate without Envoy: the OIP service is on the server's own gRPC port."""
     port = free_port_block(16)  # room for --workers N taking metrics_port + i, as replicas do
-    argv = [sys.executable, "-m", "tensorgate.server.commands", "serve", "--model-repository", str(repository)]
+    argv = [*CLI, "serve", "--model-repository", str(repository)]
     argv += ["--gateway", "false", "--port", str(port), "--metrics-port", str(port + 8), *extra]
     one_process = "--workers" not in extra  # with workers, one metrics port sees only its own process
     return OipTarget(name, argv, port, metrics_port=port + 8 if one_process else None, connections=connections)
@@ -603,17 +566,14 @@ def kserve_target(model_dir: Path, tmp: Path) -> OipTarget:
 def wait_model_ready(port: int, process: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"exited with {process.returncode} during start-up")
+
+        def ready() -> bool:
             try:
-                if stub.ModelReady(ModelReadyRequest(name=MODEL), timeout=1).ready:
-                    return
+                return bool(stub.ModelReady(ModelReadyRequest(name=MODEL), timeout=1).ready)
             except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"model not ready within {timeout_s:.0f} s")
+                return False
+
+        wait_until(ready, process, timeout_s, f"model {MODEL} ready on port {port}")
 
 
 def check_model_infer(port: int, request: ModelInferRequest, expected: int) -> None:
@@ -627,20 +587,6 @@ def check_model_infer(port: int, request: ModelInferRequest, expected: int) -> N
         scores = np.array(output.contents.fp32_contents, np.float32)
     if output.datatype != "FP32" or scores.size != 10 or int(scores.argmax()) != expected:
         raise AssertionError(f"wrong answer: {output.datatype} {list(output.shape)} {scores}, expected {expected}")
-
-
-def stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the server's process group (it was started in its own session), SIGKILL if it lingers."""
-    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(wait_s)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # children that outlived their parent
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def run_oip_target(

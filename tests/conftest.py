@@ -3,52 +3,27 @@ second multi-input model, a broken version) and a real server process on a free 
 
 from __future__ import annotations
 
-import os
-import random
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from tensorgate.clients.client import ClientTls, TensorgateClient
 from tensorgate.clients.datasets import MnistData, load_mnist
 
+# Re-exported: tests import them from here.
+from support.processes import CLI as CLI
+from support.processes import free_port as free_port
+from support.processes import start_stack, stop
+
 ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "tensorgate.server.commands"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_port_block(count: int) -> int:
-    """The first of ``count`` consecutive free ports, below the kernel's ephemeral range (32768 and up), so that
-    no outgoing connection takes one of them between now and the server binding it."""
-    rng = random.Random()
-    while True:
-        first = rng.randrange(20000, 32000 - count)
-        try:
-            for port in range(first, first + count):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
 
 
 def build_scorer_model(path: Path) -> None:
@@ -75,22 +50,17 @@ def build_scorer_model(path: Path) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
-def build_slow_model(path: Path, matmuls: int = 40) -> None:
-    """A model whose every call takes a while (a chain of 512x512 matmuls), so that its queue fills."""
+def build_slow_model(path: Path, call_s: float = 0.2) -> None:
+    """A model whose every call takes ``call_s`` seconds on the wall clock, however fast the machine: its graph
+    loops until ``tf.timestamp()`` passes the call's start + ``call_s`` (a stateful op, never folded away)."""
     import tensorflow as tf
 
     class Slow(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.weights = tf.Variable(tf.eye(512) * 0.999)
-
         @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
         def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-            def step(i: tf.Tensor, acc: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                return i + 1, tf.linalg.matmul(acc, self.weights)
-
-            _, acc = tf.while_loop(lambda i, _: i < matmuls, step, (tf.constant(0), tf.eye(512)))
-            return {"y": x * 2.0 + 0.0 * tf.reduce_sum(acc)}
+            until = tf.timestamp() + call_s
+            (now,) = tf.while_loop(lambda now: now < until, lambda _: (tf.timestamp(),), (tf.timestamp(),))
+            return {"y": x * 2.0 + 0.0 * tf.cast(now, tf.float32)}
 
     module = Slow()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
@@ -132,48 +102,7 @@ class ServerProcess:
         return int(status.split("VmRSS:")[1].split()[0]) * 1024
 
     def stop(self, timeout_s: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout_s)
-
-
-def wait_until_serving(
-    target: str, process: subprocess.Popen[bytes], tls: ClientTls | None = None, timeout_s: float = 120
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    channel = grpc.secure_channel(target, tls.credentials()) if tls else grpc.insecure_channel(target)
-    with channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode} before serving")
-            try:
-                if (
-                    health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"server at {target} not SERVING after {timeout_s} s")
-
-
-def wait_until_gateway_answers(
-    url: str, process: subprocess.Popen[bytes], context: ssl.SSLContext | None = None, timeout_s: float = 60
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"stack exited with {process.returncode} before the gateway answered")
-        try:
-            with urllib.request.urlopen(f"{url}/openapi.json", timeout=2, context=context) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"gateway at {url} did not answer")
+        return stop(self.process, timeout_s)
 
 
 def start_server(
@@ -190,31 +119,27 @@ def start_server(
     ``tls`` and ``gateway_ssl`` are how the test reaches a server port or gateway that speaks TLS. With
     ``replicas``, replica i listens on ``target``'s port + i.
     """
-    port, metrics_port = free_port_block(replicas), free_port_block(replicas)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [*CLI, "serve", "--model-repository", str(repository), "--port", str(port)]
-    command += ["--metrics-port", str(metrics_port), "--replicas", str(replicas)]
-    gateway_port, admin_port = free_port(), free_port()
-    if gateway:
-        command += ["--gateway-port", str(gateway_port), "--gateway-admin-port", str(admin_port)]
-    else:
-        command += ["--gateway", "false"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([*command, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = ServerProcess(process, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", log_path)
+    credentials = tls.credentials() if tls else None
+    try:
+        stack = start_stack(
+            repository,
+            log_path,
+            *extra,
+            gateway=gateway,
+            replicas=replicas,
+            credentials=credentials,
+            gateway_ssl=gateway_ssl,
+        )
+    except (RuntimeError, TimeoutError) as exc:
+        raise RuntimeError(f"server did not start ({exc}); log:\n{log_path.read_text()}") from None
+    server = ServerProcess(
+        stack.process, f"127.0.0.1:{stack.port}", f"http://127.0.0.1:{stack.metrics_port}/metrics", log_path
+    )
     server.tls, server.gateway_ssl = tls, gateway_ssl
     if gateway:
-        server.gateway_url = f"{'https' if gateway_ssl else 'http'}://127.0.0.1:{gateway_port}"
-        server.gateway_target = f"127.0.0.1:{gateway_port}"
-        server.gateway_admin_url = f"http://127.0.0.1:{admin_port}"
-    try:
-        wait_until_serving(server.target, process, tls)
-        if gateway:
-            wait_until_gateway_answers(server.gateway_url, process, gateway_ssl)
-    except Exception:
-        process.kill()
-        process.wait()
-        raise RuntimeError(f"server did not start; log:\n{server.log()}") from None
+        server.gateway_url = f"{'https' if gateway_ssl else 'http'}://127.0.0.1:{stack.gateway_port}"
+        server.gateway_target = f"127.0.0.1:{stack.gateway_port}"
+        server.gateway_admin_url = f"http://127.0.0.1:{stack.gateway_admin_port}"
     return server
 
 
@@ -261,7 +186,7 @@ def stack(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     root = tmp_path_factory.mktemp("gateway-repository")
     for model in ("mnist", "scorer", "broken"):
         shutil.copytree(repository / model, root / model)
-    build_slow_model(root / "slow" / "1", matmuls=60)
+    build_slow_model(root / "slow" / "1", call_s=0.3)
     (root / "slow" / "model.toml").write_text("[batching]\nmax_batch_size = 1\nmax_queue_size = 1\n")
     stack = start_server(root, tmp_path_factory.mktemp("gateway") / "stack.log", "--model-workers", "1", gateway=True)
     yield stack

@@ -1,0 +1,1 @@
+"""Unit tests of server/runtimes/ (the parts that need no TensorFlow)."""
