@@ -53,7 +53,7 @@ from tensorgate.compat.kserve_v2.grpc_service_pb2 import (
     ServerReadyRequest,
     ServerReadyResponse,
 )
-from tensorgate.server.errors import NotFoundError, ServingError, UnavailableError
+from tensorgate.server.errors import InvalidArgumentError, NotFoundError, ServingError, UnavailableError
 from tensorgate.server.models.registry import ModelRegistry, VersionState
 from tensorgate.server.protocols.kserve_v2_codec import datatype_of, decode_inputs, encode_outputs
 from tensorgate.server.protocols.v1 import (
@@ -71,6 +71,7 @@ from tensorgate.server.protocols.v1 import (
 from tensorgate.server.runtimes.signature import TensorInfo
 from tensorgate.server.security.auth import Authenticator
 from tensorgate.server.serving.dataplane import DataPlane
+from tensorgate.v1.tensors import TensorCodecError
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,10 @@ class KServeV2Servicer:
     async def _infer(self, request: ModelInferRequest, context: grpc.aio.ServicerContext) -> ModelInferResponse:
         select_model(self._registry, request.model_name)
         admission = self._dataplane.admit(request.model_name, request.model_version, current_caller())
-        inputs, raw = decode_inputs(request)
+        try:
+            inputs, raw = decode_inputs(request)
+        except TensorCodecError as exc:
+            raise InvalidArgumentError(str(exc)) from None
         prediction = await self._dataplane.predict(
             admission,
             inputs,

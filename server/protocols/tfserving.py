@@ -56,6 +56,7 @@ from tensorgate.server.protocols.v1 import (
 from tensorgate.server.runtimes.signature import Signature, TensorInfo
 from tensorgate.server.security.auth import Authenticator
 from tensorgate.server.serving.dataplane import DataPlane
+from tensorgate.v1.tensors import TensorCodecError
 
 PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
@@ -136,10 +137,13 @@ class TFServingServicer:
         select_model(self._registry, spec.name)
         admission = self._dataplane.admit(spec.name, _version(spec), current_caller())
         signature = _signature(admission.version, spec.signature_name)
-        inputs = {
-            name: decode(tensor, f"input {quote(name)}", self._max_tensor_elements)
-            for name, tensor in request.inputs.items()
-        }
+        try:
+            inputs = {
+                name: decode(tensor, f"input {quote(name)}", self._max_tensor_elements)
+                for name, tensor in request.inputs.items()
+            }
+        except TensorCodecError as exc:
+            raise InvalidArgumentError(str(exc)) from None
         prediction = await self._dataplane.predict(
             admission,
             inputs,
