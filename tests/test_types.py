@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Separate runs: the two scripts are both named generate.py, and codec.py is also reachable as tensorgate.v1.codec
-# through the editable install.
+# Separate runs: the two scripts are both named generate.py, and codec.py and tensors.py are also reachable as
+# tensorgate.v1.codec and tensorgate.v1.tensors through the editable install.
 TARGETS = (
     ["server", "clients", "bench", "gateway"],
-    ["protos/tensorgate/v1/codec.py"],
+    ["protos/tensorgate/v1/codec.py", "protos/tensorgate/v1/tensors.py"],
     ["protos/generate.py"],
     ["deploy/generate.py"],
 )

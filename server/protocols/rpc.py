@@ -45,7 +45,7 @@ from tensorgate.server.protocols.methods import Method
 from tensorgate.server.security.auth import Authenticator
 from tensorgate.server.security.principal import Principal
 from tensorgate.server.serving.dataplane import Admission, DataPlane, Prediction
-from tensorgate.v1.codec import TensorCodecError
+from tensorgate.v1.tensors import TensorCodecError
 
 log = logging.getLogger(__name__)
 

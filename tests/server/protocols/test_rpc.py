@@ -27,7 +27,7 @@ from tensorgate.server.protocols.rpc import INTERNAL_MESSAGE, Call, CallLimits, 
 from tensorgate.server.security.principal import PREDICT, Principal
 from tensorgate.server.serving.dataplane import DataPlane
 from tensorgate.server.serving.validation import Limits
-from tensorgate.v1.codec import TensorCodecError
+from tensorgate.v1.tensors import TensorCodecError
 
 from support.fakes import FakeServable
 
