@@ -49,7 +49,7 @@ from tensorgate.compat.kserve_v2.grpc_service_pb2 import (
 from tensorgate.server.errors import NotFoundError, UnavailableError
 from tensorgate.server.models.registry import ModelRegistry, VersionState
 from tensorgate.server.protocols.kserve_v2_codec import datatype_of, decode_inputs, encode_outputs
-from tensorgate.server.protocols.methods import KSERVE_V2, method
+from tensorgate.server.protocols.methods import KSERVE_V2
 from tensorgate.server.protocols.rpc import Call, Corridor, Failure, Stream
 from tensorgate.server.runtimes.signature import TensorInfo
 
@@ -128,12 +128,12 @@ def handlers(corridor: Corridor) -> list[grpc.GenericRpcHandler]:
     """The service's method handlers, through the corridor."""
     servicer = KServeV2Servicer(corridor.registry)
     unary = {
-        method(KSERVE_V2, "ServerLive"): (ServerLiveRequest, servicer.server_live),
-        method(KSERVE_V2, "ServerReady"): (ServerReadyRequest, servicer.server_ready),
-        method(KSERVE_V2, "ModelReady"): (ModelReadyRequest, servicer.model_ready),
-        method(KSERVE_V2, "ServerMetadata"): (ServerMetadataRequest, servicer.server_metadata),
-        method(KSERVE_V2, "ModelMetadata"): (ModelMetadataRequest, servicer.model_metadata),
-        method(KSERVE_V2, "ModelInfer"): (ModelInferRequest, servicer.model_infer),
+        "ServerLive": (ServerLiveRequest, servicer.server_live),
+        "ServerReady": (ServerReadyRequest, servicer.server_ready),
+        "ModelReady": (ModelReadyRequest, servicer.model_ready),
+        "ServerMetadata": (ServerMetadataRequest, servicer.server_metadata),
+        "ModelMetadata": (ModelMetadataRequest, servicer.model_metadata),
+        "ModelInfer": (ModelInferRequest, servicer.model_infer),
     }
     stream = Stream(ModelInferRequest, servicer.model_stream_infer, servicer.stream_error)
-    return [corridor.service(KSERVE_V2, unary, {method(KSERVE_V2, "ModelStreamInfer"): stream})]
+    return [corridor.service(KSERVE_V2, unary, {"ModelStreamInfer": stream})]

@@ -41,7 +41,7 @@ from tensorgate.server.errors import (
 from tensorgate.server.models.registry import AvailableVersion, ModelRegistry
 from tensorgate.server.observability import metrics
 from tensorgate.server.observability.tracing import start_server_span
-from tensorgate.server.protocols.methods import Method
+from tensorgate.server.protocols.methods import Method, method
 from tensorgate.server.security.auth import Authenticator
 from tensorgate.server.security.principal import Principal
 from tensorgate.server.serving.dataplane import Admission, DataPlane, Prediction
@@ -234,16 +234,18 @@ class Corridor:
     def service(
         self,
         service: str,
-        unary: Mapping[Method, tuple[type[Message], Answer]],
-        streams: Mapping[Method, Stream] | None = None,
+        unary: Mapping[str, tuple[type[Message], Answer]],
+        streams: Mapping[str, Stream] | None = None,
     ) -> grpc.GenericRpcHandler:
-        """The gRPC handler of one service: ``unary`` and ``streams`` by their entry in ``methods.METHODS``."""
-        handlers = {m.rpc: self._unary_handler(m, request, answer) for m, (request, answer) in unary.items()}
-        for m, stream in (streams or {}).items():
-            handlers[m.rpc] = grpc.stream_stream_rpc_method_handler(
-                functools.partial(self._serve_stream, m, stream), response_serializer=_serialize
+        """The gRPC handler of one service: its ``unary`` and ``streams`` methods by gRPC name, each served under
+        its entry in ``methods.METHODS`` (KeyError for a method that is not in the table)."""
+        handlers = {
+            rpc: self._unary_handler(method(service, rpc), request, answer) for rpc, (request, answer) in unary.items()
+        }
+        for rpc, stream in (streams or {}).items():
+            handlers[rpc] = grpc.stream_stream_rpc_method_handler(
+                functools.partial(self._serve_stream, method(service, rpc), stream), response_serializer=_serialize
             )
-        assert all(m.service == service for m in (*unary, *(streams or {}))), "a method of another service"
         return grpc.method_handlers_generic_handler(service, handlers)
 
     def _authorize(self, context: grpc.aio.ServicerContext, scope: str | None, cost: int) -> Principal | None:

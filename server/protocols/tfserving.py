@@ -42,7 +42,7 @@ from tensorgate.compat.tfserving.model_pb2 import ModelSpec
 from tensorgate.compat.tfserving.predict_pb2 import PredictRequest, PredictResponse
 from tensorgate.server.errors import InvalidArgumentError, NotFoundError, quote
 from tensorgate.server.models.registry import AvailableVersion, ModelRegistry, ModelVersion, VersionState
-from tensorgate.server.protocols.methods import TFS_MODELS, TFS_PREDICTION, method
+from tensorgate.server.protocols.methods import TFS_MODELS, TFS_PREDICTION
 from tensorgate.server.protocols.rpc import Call, Corridor
 from tensorgate.server.protocols.tfserving_codec import decode, encode_into, tf_dtype_of
 from tensorgate.server.runtimes.signature import Signature, TensorInfo
@@ -156,8 +156,8 @@ def handlers(corridor: Corridor, max_tensor_elements: int) -> list[grpc.GenericR
     """Both services' method handlers, through the corridor."""
     servicer = TFServingServicer(corridor.registry, max_tensor_elements)
     prediction = {
-        method(TFS_PREDICTION, "Predict"): (PredictRequest, servicer.predict),
-        method(TFS_PREDICTION, "GetModelMetadata"): (GetModelMetadataRequest, servicer.get_model_metadata),
+        "Predict": (PredictRequest, servicer.predict),
+        "GetModelMetadata": (GetModelMetadataRequest, servicer.get_model_metadata),
     }
-    models = {method(TFS_MODELS, "GetModelStatus"): (GetModelStatusRequest, servicer.get_model_status)}
+    models = {"GetModelStatus": (GetModelStatusRequest, servicer.get_model_status)}
     return [corridor.service(TFS_PREDICTION, prediction), corridor.service(TFS_MODELS, models)]

@@ -15,7 +15,7 @@ import numpy as np
 from tensorgate.server.errors import quote
 from tensorgate.server.models.manager import ModelManager
 from tensorgate.server.models.registry import ModelVersion, VersionState
-from tensorgate.server.protocols.methods import V1_INFERENCE, V1_MODELS, method
+from tensorgate.server.protocols.methods import V1_INFERENCE, V1_MODELS
 from tensorgate.server.protocols.rpc import Call, Corridor, Failure, Stream
 from tensorgate.server.runtimes.signature import TensorInfo
 from tensorgate.server.serving.dataplane import Prediction
@@ -180,19 +180,19 @@ def handlers(corridor: Corridor, manager: ModelManager) -> list[grpc.GenericRpcH
     return [
         corridor.service(
             V1_INFERENCE,
-            {method(V1_INFERENCE, "Predict"): (PredictRequest, inference.predict)},
-            {method(V1_INFERENCE, "StreamPredict"): stream},
+            {"Predict": (PredictRequest, inference.predict)},
+            {"StreamPredict": stream},
         ),
         corridor.service(
             V1_MODELS,
             {
-                method(V1_MODELS, "ListModels"): (ListModelsRequest, models.list_models),
-                method(V1_MODELS, "GetModelStatus"): (GetModelStatusRequest, models.get_model_status),
-                method(V1_MODELS, "GetModelMetadata"): (GetModelMetadataRequest, models.get_model_metadata),
-                method(V1_MODELS, "LoadModel"): (LoadModelRequest, models.load_model),
-                method(V1_MODELS, "UnloadModel"): (UnloadModelRequest, models.unload_model),
-                method(V1_MODELS, "ReloadModel"): (ReloadModelRequest, models.reload_model),
-                method(V1_MODELS, "SetModelLabels"): (SetModelLabelsRequest, models.set_model_labels),
+                "ListModels": (ListModelsRequest, models.list_models),
+                "GetModelStatus": (GetModelStatusRequest, models.get_model_status),
+                "GetModelMetadata": (GetModelMetadataRequest, models.get_model_metadata),
+                "LoadModel": (LoadModelRequest, models.load_model),
+                "UnloadModel": (UnloadModelRequest, models.unload_model),
+                "ReloadModel": (ReloadModelRequest, models.reload_model),
+                "SetModelLabels": (SetModelLabelsRequest, models.set_model_labels),
             },
         ),
     ]
