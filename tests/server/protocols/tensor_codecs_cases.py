@@ -2,8 +2,8 @@
 client), KServe v2 and TF Serving. Every dtype both ways, and every malformed tensor, without a server.
 
 The TF Serving TensorProto comes from ``tensorflow.core.framework``, whose import runs TensorFlow's package
-``__init__``: this module loads the TensorFlow runtime (a few seconds), though no test runs TensorFlow. The suite runs this file in
-a process of its own (``test_tensor_codecs.py`` says why)."""
+``__init__``: this module loads the TensorFlow runtime (a few seconds), though no test runs TensorFlow. The suite
+runs this file in a process of its own (``test_tensor_codecs.py`` says why)."""
 
 from __future__ import annotations
 
