@@ -170,14 +170,12 @@ def tracing_wanted(endpoint: str, environ: Mapping[str, str]) -> bool:
     return bool(endpoint or any(environ.get(name, "").strip() for name in ENDPOINT_VARIABLES))
 
 
-def sdk_samples(sample_ratio: float | None, environ: Mapping[str, str]) -> bool:
+def sdk_samples(sample_ratio: float | None) -> bool:
     """Whether the SDK's sampler from ``OTEL_TRACES_SAMPLER`` decides, rather than ``trace_sample_ratio``."""
-    return sample_ratio is None and bool(environ.get(SAMPLER_VARIABLE, "").strip())
+    return sample_ratio is None and bool(os.environ.get(SAMPLER_VARIABLE, "").strip())
 
 
-def build_tracer_provider(
-    endpoint: str, service_name: str, sample_ratio: float | None, environ: Mapping[str, str]
-) -> TracerProvider:
+def build_tracer_provider(endpoint: str, service_name: str, sample_ratio: float | None) -> TracerProvider:
     """The SDK tracer provider: the environment's resource, sampler and exporter, overridden by the settings given.
 
     ``endpoint`` (host:port) is a plaintext collector, as Envoy also uses it; without it the exporter reads
@@ -197,7 +195,7 @@ def build_tracer_provider(
         resource = resource.merge(Resource({SERVICE_NAME: service_name}))
     elif str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
-    sampler = None if sdk_samples(sample_ratio, environ) else ParentBased(ALWAYS_ON)  # None: OTEL_TRACES_SAMPLER
+    sampler = None if sdk_samples(sample_ratio) else ParentBased(ALWAYS_ON)  # None: OTEL_TRACES_SAMPLER
     provider = TracerProvider(resource=resource, sampler=sampler)
     exporter = OTLPSpanExporter(endpoint=f"http://{endpoint}", insecure=True) if endpoint else OTLPSpanExporter()
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
@@ -209,9 +207,9 @@ def setup_tracing(endpoint: str, service_name: str, sample_ratio: float | None) 
     environ = os.environ
     if not tracing_wanted(endpoint, environ):
         return
-    provider = build_tracer_provider(endpoint, service_name, sample_ratio, environ)
+    provider = build_tracer_provider(endpoint, service_name, sample_ratio)
     trace.set_tracer_provider(provider)
-    _Sampling.delegated = sdk_samples(sample_ratio, environ)
+    _Sampling.delegated = sdk_samples(sample_ratio)
     _Sampling.ratio = DEFAULT_TRACE_SAMPLE_RATIO if sample_ratio is None else sample_ratio
     _Sampling.enabled = True
     sampler = environ[SAMPLER_VARIABLE] if _Sampling.delegated else f"ratio {_Sampling.ratio:g}"

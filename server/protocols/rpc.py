@@ -277,7 +277,8 @@ class Corridor:
             span = self._start_span(method, context)
             if span is None:
                 return await self._unary(method, request_type, answer, data, context, None)
-            with trace.use_span(span, end_on_exit=True):
+            # The status is the corridor's (end_grpc_span), not the SDK's reading of context.abort's exception.
+            with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
                 return await self._unary(method, request_type, answer, data, context, span)
 
         return grpc.unary_unary_rpc_method_handler(handle, response_serializer=_serialize)
