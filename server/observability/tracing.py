@@ -218,7 +218,7 @@ def setup_tracing(endpoint: str, service_name: str, sample_ratio: float | None) 
         "service_name": provider.resource.attributes.get("service.name"),
         "sampler": sampler,
     }
-    log.info("tracing on", extra=fields)
+    log.info("tracing on", extra={"fields": fields})
 
 
 def shutdown_tracing() -> None:

@@ -410,7 +410,7 @@ class Corridor:
                     task.cancel()
             fields = {"method": method.rpc, "received": received, "answered": answered, "outcome": outcome}
             if span is None:
-                log.info("stream closed", extra=fields)
+                log.info("stream closed", extra={"fields": fields})
             else:
                 span.set_attribute("tensorgate.stream.messages_received", received)
                 span.set_attribute("tensorgate.stream.messages_sent", answered)
@@ -418,7 +418,7 @@ class Corridor:
                 end_grpc_span(span, ended.code, ended.message)
                 span.end()
                 with trace.use_span(span):  # the log line carries the stream's trace id
-                    log.info("stream closed", extra=fields)
+                    log.info("stream closed", extra={"fields": fields})
 
     def _start_message(
         self,
