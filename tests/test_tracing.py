@@ -248,6 +248,7 @@ with TensorgateClient(sys.argv[1]) as client:
         client.predict_tensors("mnist", {"keras_tensor": np.zeros((1, 28, 28), np.float32)}, version="9")
     except Exception:
         pass
+    list(client.stream_predict("mnist", iter(np.zeros((2, 28, 28), np.float32)), batch_size=1))
 provider.shutdown()
 """
 
@@ -278,6 +279,22 @@ def test_grpc_client_trace_continues_through_gateway_and_server(traced: tuple[Se
     )
     failed = next(s for s in collector.snapshot() if s.service == "test-client" and s.status == ERROR)
     assert (failed.name, failed.value("rpc.grpc.status_code")) == (PREDICT, grpc.StatusCode.NOT_FOUND.value[0])
+    # A stream's client span covers the whole stream and counts its messages.
+    stream = next(s for s in collector.snapshot() if s.service == "test-client" and s.name == f"{V1}/StreamPredict")
+    assert (stream.value("rpc.grpc.status_code"), stream.status) == (0, UNSET)
+    assert stream.value("tensorgate.stream.messages_sent") == stream.value("tensorgate.stream.messages_received") == 2
+    collector.wait_for(
+        lambda spans: any(
+            s.trace_id == stream.trace_id and s.name == stream.name and s.service == "tensorgate" for s in spans
+        ),
+        "the server's span of the client's stream",
+    )
+    server_stream = next(
+        s
+        for s in collector.snapshot()
+        if s.trace_id == stream.trace_id and s.name == stream.name and s.service == "tensorgate"
+    )
+    assert server_stream.value("tensorgate.stream.messages_received") == 2
 
 
 def v1_predict(target: str, traceparent: str, model: str, x: np.ndarray) -> grpc.StatusCode:
@@ -372,7 +389,12 @@ def test_stream_span_has_its_status_and_message_counts(traced: tuple[ServerProce
         list(client.stream_predict("mnist", iter(np.zeros((3, 28, 28), np.float32)), batch_size=1))
 
     def stream_spans() -> list[ReceivedSpan]:
-        return [s for s in collector.snapshot() if s.name == "tensorgate.v1.InferenceService/StreamPredict"]
+        # This stream's server span: the test traces nothing itself, so the server's span starts the trace.
+        return [
+            s
+            for s in collector.snapshot()
+            if s.name == f"{V1}/StreamPredict" and s.service == "tensorgate" and not s.parent_id
+        ]
 
     collector.wait_for(lambda _: bool(stream_spans()), "the stream's span")
     (stream,) = stream_spans()
@@ -381,11 +403,13 @@ def test_stream_span_has_its_status_and_message_counts(traced: tuple[ServerProce
     assert stream.value("tensorgate.stream.messages_sent") == 3
     assert stream.value("tensorgate.model.name") == "mnist"
     deadline = time.monotonic() + 30
-    while not (lines := [line for line in log_lines(stack, "stream closed") if line["method"] == "StreamPredict"]):
-        assert time.monotonic() < deadline, "no stream closed log line"
+    while not (
+        lines := [line for line in log_lines(stack, "stream closed") if line.get("trace_id") == stream.trace_id]
+    ):
+        assert time.monotonic() < deadline, "no stream closed log line with the stream's trace id"
         time.sleep(0.2)
-    assert {line["trace_id"] for line in lines} == {stream.trace_id}
-    assert all(len(line["span_id"]) == 16 and line["received"] == 3 for line in lines)
+    (line,) = lines
+    assert len(line["span_id"]) == 16 and line["received"] == line["answered"] == 3
 
 
 def log_lines(server: ServerProcess, message: str) -> list[dict[str, object]]:
