@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tensorgate.gateway import DESCRIPTOR_SET, DOCS_DIR, OPENAPI
-from tensorgate.server.config import EdgeConfig, JwtConfig, ServerConfig, TlsConfig
+from tensorgate.server.config import DEFAULT_TRACE_SAMPLE_RATIO, EdgeConfig, JwtConfig, ServerConfig, TlsConfig
 from tensorgate.server.protocols.methods import METHODS, public_paths
 
 JsonObject = dict[str, Any]
@@ -584,7 +584,8 @@ def http_connection_manager(
         },
     }
     if config.tracing_endpoint:
-        manager["tracing"] = tracing(config.trace_sample_ratio)
+        ratio = config.trace_sample_ratio
+        manager["tracing"] = tracing(DEFAULT_TRACE_SAMPLE_RATIO if ratio is None else ratio)
     manager["local_reply_config"] = local_reply(config.jwt.jwks_file is not None)
     manager["access_log"] = access_log()
     manager["http_filters"] = http_filters(config, assets / DESCRIPTOR_SET.name, public_routes)
