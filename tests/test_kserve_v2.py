@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from google.protobuf import descriptor_pb2
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tensorgate.clients.client import TensorgateClient
@@ -73,7 +73,7 @@ def assert_same_answers(got: np.ndarray, expected: np.ndarray, labels: np.ndarra
 
 def test_vendored_protocol_is_tritons_on_the_wire() -> None:
     """Every message, field number and type, and every method of our copy (from the descriptor set Envoy reads)
-    is the same in tritonclient's own descriptors."""
+    is the same in tritonclient's own descriptors; our model_config.proto is all of Triton's."""
     ours = descriptor_pb2.FileDescriptorSet.FromString((ROOT / "gateway" / "tensorgate.binpb").read_bytes())
     [vendored] = [f for f in ours.file if f.name == "tensorgate/compat/kserve_v2/grpc_service.proto"]
     upstream = descriptor_pb2.FileDescriptorProto.FromString(service_pb2.DESCRIPTOR.serialized_pb)
@@ -96,7 +96,19 @@ def test_vendored_protocol_is_tritons_on_the_wire() -> None:
         "ModelMetadata",
         "ModelInfer",
         "ModelStreamInfer",
+        "ModelConfig",
+        "ModelStatistics",
+        "RepositoryIndex",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
     }
+    [config] = [f for f in ours.file if f.name == "tensorgate/compat/kserve_v2/model_config.proto"]
+    upstream_config = descriptor_pb2.FileDescriptorProto.FromString(model_config_pb2.DESCRIPTOR.serialized_pb)
+    assert config.package == upstream_config.package
+    assert [m.name for m in config.message_type] == [m.name for m in upstream_config.message_type]
+    for message, theirs in zip(config.message_type, upstream_config.message_type, strict=True):
+        assert_same_message(message, theirs)
+    assert [enum_values(e) for e in config.enum_type] == [enum_values(e) for e in upstream_config.enum_type]
 
 
 def assert_same_message(ours: descriptor_pb2.DescriptorProto, theirs: descriptor_pb2.DescriptorProto) -> None:
@@ -104,9 +116,14 @@ def assert_same_message(ours: descriptor_pb2.DescriptorProto, theirs: descriptor
         return {(f.name, f.number, f.type, f.label, f.type_name, f.HasField("oneof_index")) for f in message.field}
 
     assert fields(ours) == fields(theirs), ours.name
-    nested = {m.name: m for m in theirs.nested_type}
-    for message in ours.nested_type:
-        assert_same_message(message, nested[message.name])
+    assert [enum_values(e) for e in ours.enum_type] == [enum_values(e) for e in theirs.enum_type], ours.name
+    assert [m.name for m in ours.nested_type] == [m.name for m in theirs.nested_type], ours.name
+    for message, nested in zip(ours.nested_type, theirs.nested_type, strict=True):
+        assert_same_message(message, nested)
+
+
+def enum_values(enum: descriptor_pb2.EnumDescriptorProto) -> tuple[str, list[tuple[str, int]]]:
+    return enum.name, [(value.name, value.number) for value in enum.value]
 
 
 def test_health_and_server_metadata(client: triton.InferenceServerClient) -> None:
