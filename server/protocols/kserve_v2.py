@@ -20,9 +20,16 @@ How tensorgate answers where the protocol leaves it open:
   response with ``error_message`` set (and its id in ``infer_response``) and the
   stream goes on, as Triton does.
 * request and tensor parameters are ignored, but for shared-memory inputs, which
-  are refused; Triton's other methods (ModelConfig, statistics, repository,
-  shared memory, trace, logging) are not in the vendored service, so gRPC answers
-  them UNIMPLEMENTED.
+  are refused; Triton's shared-memory, trace and logging methods are not in the
+  vendored service, so gRPC answers them UNIMPLEMENTED.
+* Triton's extensions (``triton_extensions`` builds their messages): ModelConfig
+  of the version that serves (or the one named); ModelStatistics of one version,
+  of a model's AVAILABLE versions, or of every model's (no name); RepositoryIndex;
+  RepositoryModelLoad serves the model's versions by its policy (again after an
+  unload; versions already loaded keep their copies: tensorgate.v1's ReloadModel
+  loads fresh ones) and fails with the reason when no version can serve;
+  RepositoryModelUnload stops serving all its versions until the next load. The
+  repository name is ignored: the server has one repository.
 """
 
 from __future__ import annotations
@@ -32,13 +39,23 @@ import importlib.metadata
 import grpc
 
 from tensorgate.compat.kserve_v2.grpc_service_pb2 import (
+    ModelConfigRequest,
+    ModelConfigResponse,
     ModelInferRequest,
     ModelInferResponse,
     ModelMetadataRequest,
     ModelMetadataResponse,
     ModelReadyRequest,
     ModelReadyResponse,
+    ModelStatisticsRequest,
+    ModelStatisticsResponse,
     ModelStreamInferResponse,
+    RepositoryIndexRequest,
+    RepositoryIndexResponse,
+    RepositoryModelLoadRequest,
+    RepositoryModelLoadResponse,
+    RepositoryModelUnloadRequest,
+    RepositoryModelUnloadResponse,
     ServerLiveRequest,
     ServerLiveResponse,
     ServerMetadataRequest,
@@ -47,14 +64,23 @@ from tensorgate.compat.kserve_v2.grpc_service_pb2 import (
     ServerReadyResponse,
 )
 from tensorgate.server.errors import NotFoundError, UnavailableError
+from tensorgate.server.models.manager import ModelManager
 from tensorgate.server.models.registry import ModelRegistry, VersionState
 from tensorgate.server.protocols.kserve_v2_codec import datatype_of, decode_inputs, encode_outputs
 from tensorgate.server.protocols.methods import KSERVE_V2
 from tensorgate.server.protocols.rpc import Call, Corridor, Failure, Stream
+from tensorgate.server.protocols.triton_extensions import (
+    PLATFORM,
+    UNLOAD_DEPENDENTS,
+    check_parameters,
+    model_config,
+    model_statistics,
+    repository_index,
+)
 from tensorgate.server.runtimes.signature import TensorInfo
+from tensorgate.server.serving.statistics import Statistics
 
 SERVER_NAME = "tensorgate"
-PLATFORM = "tensorflow_savedmodel"  # Triton's name for the platform of a SavedModel
 
 
 def _tensor_metadata(info: TensorInfo) -> ModelMetadataResponse.TensorMetadata:
@@ -66,8 +92,10 @@ def _tensor_metadata(info: TensorInfo) -> ModelMetadataResponse.TensorMetadata:
 class KServeV2Servicer:
     """inference.GRPCInferenceService over the registry and data plane that tensorgate.v1 uses."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, statistics: Statistics, manager: ModelManager) -> None:
         self._registry = registry
+        self._statistics = statistics
+        self._manager = manager
         self._version = importlib.metadata.version("tensorgate")
 
     async def server_live(self, request: ServerLiveRequest, call: Call) -> ServerLiveResponse:
@@ -115,6 +143,46 @@ class KServeV2Servicer:
     async def model_stream_infer(self, request: ModelInferRequest, call: Call) -> ModelStreamInferResponse:
         return ModelStreamInferResponse(infer_response=await self.model_infer(request, call))
 
+    async def model_config(self, request: ModelConfigRequest, call: Call) -> ModelConfigResponse:
+        return ModelConfigResponse(config=model_config(call.resolve(request.name, request.version)))
+
+    async def model_statistics(self, request: ModelStatisticsRequest, call: Call) -> ModelStatisticsResponse:
+        """A named version's statistics, or those of every AVAILABLE version of the model (of every model the
+        caller may use when the request names none), as Triton answers."""
+        if request.version:
+            served = call.resolve(request.name, request.version)
+            versions = [(served.model, served.version)]
+        else:
+            names = [call.select(request.name)] if request.name else self._registry.model_names()
+            versions = [
+                (name, version.version)
+                for name in names
+                if call.may_use(name)
+                for version in self._registry.versions(name)
+                if version.state is VersionState.AVAILABLE
+            ]
+        snapshots = (self._statistics.snapshot(model, version) for model, version in versions)
+        return ModelStatisticsResponse(model_stats=[model_statistics(snapshot) for snapshot in snapshots])
+
+    async def repository_index(self, request: RepositoryIndexRequest, call: Call) -> RepositoryIndexResponse:
+        return repository_index(self._registry, request.ready, call.may_use)
+
+    async def repository_model_load(
+        self, request: RepositoryModelLoadRequest, call: Call
+    ) -> RepositoryModelLoadResponse:
+        check_parameters(request.parameters, ())
+        model = call.select(request.model_name)
+        await self._manager.load(model, "")
+        self._registry.resolve(model, "")  # UNAVAILABLE, with each version's reason, when none can serve
+        return RepositoryModelLoadResponse()
+
+    async def repository_model_unload(
+        self, request: RepositoryModelUnloadRequest, call: Call
+    ) -> RepositoryModelUnloadResponse:
+        check_parameters(request.parameters, (UNLOAD_DEPENDENTS,))
+        await self._manager.unload(call.select(request.model_name), "")
+        return RepositoryModelUnloadResponse()
+
     @staticmethod
     def stream_error(request: ModelInferRequest | None, failed: Failure) -> ModelStreamInferResponse:
         """Triton's in-stream error: ``error_message`` set, the request's id in ``infer_response``."""
@@ -124,9 +192,9 @@ class KServeV2Servicer:
         return response
 
 
-def handlers(corridor: Corridor) -> list[grpc.GenericRpcHandler]:
+def handlers(corridor: Corridor, manager: ModelManager) -> list[grpc.GenericRpcHandler]:
     """The service's method handlers, through the corridor."""
-    servicer = KServeV2Servicer(corridor.registry)
+    servicer = KServeV2Servicer(corridor.registry, corridor.dataplane.statistics, manager)
     unary = {
         "ServerLive": (ServerLiveRequest, servicer.server_live),
         "ServerReady": (ServerReadyRequest, servicer.server_ready),
@@ -134,6 +202,11 @@ def handlers(corridor: Corridor) -> list[grpc.GenericRpcHandler]:
         "ServerMetadata": (ServerMetadataRequest, servicer.server_metadata),
         "ModelMetadata": (ModelMetadataRequest, servicer.model_metadata),
         "ModelInfer": (ModelInferRequest, servicer.model_infer),
+        "ModelConfig": (ModelConfigRequest, servicer.model_config),
+        "ModelStatistics": (ModelStatisticsRequest, servicer.model_statistics),
+        "RepositoryIndex": (RepositoryIndexRequest, servicer.repository_index),
+        "RepositoryModelLoad": (RepositoryModelLoadRequest, servicer.repository_model_load),
+        "RepositoryModelUnload": (RepositoryModelUnloadRequest, servicer.repository_model_unload),
     }
     stream = Stream(ModelInferRequest, servicer.model_stream_infer, servicer.stream_error)
     return [corridor.service(KSERVE_V2, unary, {"ModelStreamInfer": stream})]
