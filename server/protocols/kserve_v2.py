@@ -22,14 +22,9 @@ How tensorgate answers where the protocol leaves it open:
 * request and tensor parameters are ignored, but for shared-memory inputs, which
   are refused; Triton's shared-memory, trace and logging methods are not in the
   vendored service, so gRPC answers them UNIMPLEMENTED.
-* Triton's extensions (``triton_extensions`` builds their messages): ModelConfig
-  of the version that serves (or the one named); ModelStatistics of one version,
-  of a model's AVAILABLE versions, or of every model's (no name); RepositoryIndex;
-  RepositoryModelLoad serves the model's versions by its policy (again after an
-  unload; versions already loaded keep their copies: tensorgate.v1's ReloadModel
-  loads fresh ones) and fails with the reason when no version can serve;
-  RepositoryModelUnload stops serving all its versions until the next load. The
-  repository name is ignored: the server has one repository.
+* Triton's extensions (ModelConfig, ModelStatistics, RepositoryIndex,
+  RepositoryModelLoad/Unload) are answered by ``triton_extensions``, which the
+  REST side shares; its docstring says how tensorgate's models map onto them.
 """
 
 from __future__ import annotations
@@ -69,16 +64,8 @@ from tensorgate.server.models.registry import ModelRegistry, VersionState
 from tensorgate.server.protocols.kserve_v2_codec import datatype_of, decode_inputs, encode_outputs
 from tensorgate.server.protocols.methods import KSERVE_V2
 from tensorgate.server.protocols.rpc import Call, Corridor, Failure, Stream
-from tensorgate.server.protocols.triton_extensions import (
-    PLATFORM,
-    UNLOAD_DEPENDENTS,
-    check_parameters,
-    model_config,
-    model_statistics,
-    repository_index,
-)
+from tensorgate.server.protocols.triton_extensions import PLATFORM, TritonExtensions
 from tensorgate.server.runtimes.signature import TensorInfo
-from tensorgate.server.serving.statistics import Statistics
 
 SERVER_NAME = "tensorgate"
 
@@ -92,10 +79,9 @@ def _tensor_metadata(info: TensorInfo) -> ModelMetadataResponse.TensorMetadata:
 class KServeV2Servicer:
     """inference.GRPCInferenceService over the registry and data plane that tensorgate.v1 uses."""
 
-    def __init__(self, registry: ModelRegistry, statistics: Statistics, manager: ModelManager) -> None:
+    def __init__(self, registry: ModelRegistry, triton: TritonExtensions) -> None:
         self._registry = registry
-        self._statistics = statistics
-        self._manager = manager
+        self._triton = triton
         self._version = importlib.metadata.version("tensorgate")
 
     async def server_live(self, request: ServerLiveRequest, call: Call) -> ServerLiveResponse:
@@ -144,43 +130,24 @@ class KServeV2Servicer:
         return ModelStreamInferResponse(infer_response=await self.model_infer(request, call))
 
     async def model_config(self, request: ModelConfigRequest, call: Call) -> ModelConfigResponse:
-        return ModelConfigResponse(config=model_config(call.resolve(request.name, request.version)))
+        return ModelConfigResponse(config=self._triton.config(call, request.name, request.version))
 
     async def model_statistics(self, request: ModelStatisticsRequest, call: Call) -> ModelStatisticsResponse:
-        """A named version's statistics, or those of every AVAILABLE version of the model (of every model the
-        caller may use when the request names none), as Triton answers."""
-        if request.version:
-            served = call.resolve(request.name, request.version)
-            versions = [(served.model, served.version)]
-        else:
-            names = [call.select(request.name)] if request.name else self._registry.model_names()
-            versions = [
-                (name, version.version)
-                for name in names
-                if call.may_use(name)
-                for version in self._registry.versions(name)
-                if version.state is VersionState.AVAILABLE
-            ]
-        snapshots = (self._statistics.snapshot(model, version) for model, version in versions)
-        return ModelStatisticsResponse(model_stats=[model_statistics(snapshot) for snapshot in snapshots])
+        return self._triton.statistics(call, request.name, request.version)
 
     async def repository_index(self, request: RepositoryIndexRequest, call: Call) -> RepositoryIndexResponse:
-        return repository_index(self._registry, request.ready, call.may_use)
+        return self._triton.index(call, request.ready)
 
     async def repository_model_load(
         self, request: RepositoryModelLoadRequest, call: Call
     ) -> RepositoryModelLoadResponse:
-        check_parameters(request.parameters, ())
-        model = call.select(request.model_name)
-        await self._manager.load(model, "")
-        self._registry.resolve(model, "")  # UNAVAILABLE, with each version's reason, when none can serve
+        await self._triton.load(call, request.model_name, request.parameters)
         return RepositoryModelLoadResponse()
 
     async def repository_model_unload(
         self, request: RepositoryModelUnloadRequest, call: Call
     ) -> RepositoryModelUnloadResponse:
-        check_parameters(request.parameters, (UNLOAD_DEPENDENTS,))
-        await self._manager.unload(call.select(request.model_name), "")
+        await self._triton.unload(call, request.model_name, request.parameters)
         return RepositoryModelUnloadResponse()
 
     @staticmethod
@@ -194,7 +161,8 @@ class KServeV2Servicer:
 
 def handlers(corridor: Corridor, manager: ModelManager) -> list[grpc.GenericRpcHandler]:
     """The service's method handlers, through the corridor."""
-    servicer = KServeV2Servicer(corridor.registry, corridor.dataplane.statistics, manager)
+    triton = TritonExtensions(corridor.registry, corridor.dataplane.statistics, manager)
+    servicer = KServeV2Servicer(corridor.registry, triton)
     unary = {
         "ServerLive": (ServerLiveRequest, servicer.server_live),
         "ServerReady": (ServerReadyRequest, servicer.server_ready),

@@ -17,7 +17,7 @@ from tensorgate.server.serving.dataplane import DataPlane
 from tensorgate.server.serving.statistics import BatchStatistics, Duration, Statistics, VersionStatistics
 from tensorgate.server.serving.validation import Limits
 
-from support.fakes import FakeServable
+from support.fakes import GATE_TIMEOUT_S, FakeServable
 
 LIMITS = Limits(max_examples=64, max_tensor_elements=10_000, reject_non_finite=True)
 
@@ -71,12 +71,13 @@ def test_the_data_plane_counts_every_request_and_batch() -> None:
     async def go() -> None:
         servable.gate.clear()
         first = asyncio.ensure_future(dataplane.predict(dataplane.admit(version), {"x": np.ones((1, 3), np.float32)}))
-        await asyncio.to_thread(servable.entered.wait)
+        assert await asyncio.to_thread(servable.entered.wait, GATE_TIMEOUT_S)
         merged = [
             asyncio.ensure_future(dataplane.predict(dataplane.admit(version), {"x": np.ones((size, 3), np.float32)}))
             for size in (2, 3, 1)
         ]
-        await asyncio.sleep(0.01)  # they queue behind the running call
+        for _ in range(20):  # they queue behind the running call: loop turns, not wall-clock time
+            await asyncio.sleep(0)
         servable.gate.set()
         await asyncio.gather(first, *merged)
         with pytest.raises(InvalidArgumentError):
