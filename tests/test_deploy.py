@@ -132,7 +132,7 @@ def test_dockerfile_pins_its_base_copies_real_files_and_runs_unprivileged(docker
 @pytest.mark.parametrize(("dockerfile", "extra"), [("server.Dockerfile", "cpu"), ("server-gpu.Dockerfile", "gpu")])
 def test_server_images_run_the_server_alone(dockerfile: str, extra: str, mounted: Path) -> None:
     steps = dict(instructions(DEPLOY / "docker" / dockerfile))  # of repeated instructions, the last one counts
-    assert json.loads(steps["ENTRYPOINT"]) == ["tensorgate", "serve", "--gateway", "false"]  # Envoy runs apart
+    assert json.loads(steps["ENTRYPOINT"]) == ["tensorgate", "serve", "--no-gateway"]  # Envoy runs apart
     assert json.loads(steps["CMD"]) == ["--config", "/etc/tensorgate/config/tensorgate.toml"]
     installs = [args for kind, args in instructions(DEPLOY / "docker" / dockerfile) if kind == "RUN" and "pip" in args]
     assert any(f'".[{extra}]"' in args and "--no-cache-dir" in args for args in installs)

@@ -49,5 +49,5 @@ USER 10001:10001
 WORKDIR /tmp
 # 8500 gRPC (mTLS in production), 8502 Prometheus /metrics, 8510 the plaintext gRPC health port for probes.
 EXPOSE 8500 8502 8510
-ENTRYPOINT ["tensorgate", "serve", "--gateway", "false"]
+ENTRYPOINT ["tensorgate", "serve", "--no-gateway"]
 CMD ["--config", "/etc/tensorgate/config/tensorgate.toml"]
