@@ -137,10 +137,10 @@ def _as_batch(x: np.ndarray, rank: int | None) -> np.ndarray:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    examples = load_examples(args.file)
     with _client(args) as client:
         metadata, input_name, dtype = _model_input(client, args.model, args.version)
         spec = metadata.inputs[0]
+        examples = load_examples(args.file, image_input=spec)
         x = _as_batch(to_model_input(examples.x, dtype), None if spec.unknown_rank else len(spec.shape))
         outputs = client.predict_tensors(args.model, {input_name: x}, args.version)
     for name, value in outputs.items():
@@ -154,10 +154,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    examples = load_examples(args.source, cache_dir=args.cache_dir)
     started = time.monotonic()
     with _client(args) as client:
-        _, input_name, dtype = _model_input(client, args.model, args.version)
+        metadata, input_name, dtype = _model_input(client, args.model, args.version)
+        examples = load_examples(args.source, cache_dir=args.cache_dir, image_input=metadata.inputs[0])
         x = to_model_input(examples.x, dtype)
         batches = ({input_name: x[i : i + args.batch_size]} for i in range(0, len(x), args.batch_size))
         results = client.stream_predict_batches(args.model, batches, args.version)

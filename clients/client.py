@@ -305,12 +305,16 @@ class ClientBase(ABC, Generic[Channel]):
         return next(self._next_stubs)
 
     def _options(self, timeout_s: float | None, metadata: Metadata) -> dict[str, Any]:
-        """The keyword arguments of one call: its deadline (the client's unless given), then the credentials, the
-        caller's metadata and the W3C trace context of the current span."""
-        return {
-            "timeout": self._timeout_s if timeout_s is None else timeout_s,
-            "metadata": self._credentials + tuple(metadata) + _trace_metadata(),
-        }
+        """The keyword arguments of one unary call: its deadline (the client's unless given) and metadata."""
+        return {"timeout": self._timeout_s if timeout_s is None else timeout_s, "metadata": self._metadata(metadata)}
+
+    def _stream_options(self, timeout_s: float | None, metadata: Metadata) -> dict[str, Any]:
+        """The keyword arguments of one stream: its deadline (None: none) and metadata."""
+        return {"timeout": timeout_s, "metadata": self._metadata(metadata)}
+
+    def _metadata(self, metadata: Metadata) -> tuple[tuple[str, str], ...]:
+        """The credentials, the caller's metadata and the W3C trace context of the current span."""
+        return self._credentials + tuple(metadata) + _trace_metadata()
 
 
 class TensorgateClient(ClientBase[grpc.Channel]):
@@ -420,7 +424,7 @@ class TensorgateClient(ClientBase[grpc.Channel]):
         input_name = self._input_name(model, version, None, metadata)
         responses = self.stream_predict_batches(
             model,
-            ({input_name: batch} for batch in _batches(examples, batch_size)),
+            ({input_name: batch} for batch in batches_of(examples, batch_size)),
             version,
             timeout_s,
             metadata=metadata,
@@ -445,13 +449,12 @@ class TensorgateClient(ClientBase[grpc.Channel]):
         other failure, or the last attempt's, raises its ``grpc.RpcError``. ``timeout_s`` bounds the whole call,
         resumed streams included (None: no bound).
         """
-        requests = (stream_request(str(index), model, inputs, version) for index, inputs in enumerate(batches))
-        outbox = _Outbox(requests)
-        resume = _Resumption(self._stream_retry, timeout_s)
+        outbox = _Outbox(stream_request(str(index), model, inputs, version) for index, inputs in enumerate(batches))
+        resume = Resumption(self._stream_retry, timeout_s)
         while True:
             answered_before = outbox.answered
             with _tracer.start_as_current_span("tensorgate.v1.InferenceService/StreamPredict", kind=SpanKind.CLIENT):
-                options = self._options(resume.remaining_s(), metadata)
+                options = self._stream_options(resume.remaining_s(), metadata)
                 call = self._pick().inference.StreamPredict(outbox.requests(), **options)
             try:
                 for response in call:
@@ -522,7 +525,7 @@ class TensorgateClient(ClientBase[grpc.Channel]):
         return self._input_names[key]
 
 
-class _Resumption:
+class Resumption:
     """The bookkeeping of StreamRetryPolicy over one call: streams in a row without an answer, the backoff, the
     call's deadline."""
 
@@ -598,7 +601,7 @@ def _trace_metadata() -> tuple[tuple[str, str], ...]:
     return tuple(carrier.items())
 
 
-def _batches(examples: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+def batches_of(examples: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
     iterator = iter(examples)
     while chunk := list(itertools.islice(iterator, batch_size)):
         yield np.stack(chunk)

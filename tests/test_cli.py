@@ -27,7 +27,7 @@ from tensorgate.server.config import ENV_PREFIX, NESTED, ServerConfig, load_conf
 from tensorgate.server.security.auth import hash_key, parse_key_file
 from tensorgate.server.security.principal import SCOPES
 
-from conftest import CLI, ServerProcess, start_server
+from conftest import CLI, KeyedServer, ServerProcess
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -53,6 +53,19 @@ def test_predict_one_png(server: ServerProcess, mnist: MnistData, tmp_path: Path
     assert f"class {mnist.y_test[0]}" in result.stdout
     probabilities = [float(p.split(":")[1]) for p in result.stdout.split("probabilities:")[1].split()]
     assert len(probabilities) == 10 and abs(sum(probabilities) - 1) < 1e-3
+
+
+def test_predict_fits_a_colour_image_of_another_size_to_the_signature(
+    server: ServerProcess, mnist: MnistData, tmp_path: Path
+) -> None:
+    """mnist takes [-1, 28, 28]: a 56x56 RGB digit is converted to grayscale and resized, not refused."""
+    image = tmp_path / "digit.jpg"
+    Image.fromarray(mnist.x_test[0]).convert("RGB").resize((56, 56)).save(image, quality=95)
+    result = run_cli("predict", str(image), "--target", server.target)
+    assert result.returncode == 0, result.stderr
+    assert f"class {mnist.y_test[0]}" in result.stdout
+    scorer = run_cli("predict", str(image), "--model", "scorer", "--target", server.target)
+    assert scorer.returncode == 2 and "predict and classify need one" in scorer.stderr
 
 
 def test_classify_npz_to_jsonl_and_images_to_csv(server: ServerProcess, mnist: MnistData, tmp_path: Path) -> None:
@@ -86,12 +99,9 @@ def test_classify_mnist_test_set(server: ServerProcess, tmp_path: Path) -> None:
     assert len((tmp_path / "all.csv").read_text().splitlines()) == 10_001
 
 
-def test_admin_commands_against_a_server_with_keys(repository: Path, tmp_path: Path) -> None:
+def test_admin_commands_against_a_server_with_keys(keyed_server: KeyedServer) -> None:
     """load, unload, reload and labels take the admin scope and print the model as the server left it."""
-    keys = tmp_path / "keys.toml"
-    admin_key = run_cli("keys", "add", "ops", "--scopes", "admin,predict", "--file", str(keys)).stdout.strip()
-    reader_key = run_cli("keys", "add", "reader", "--scopes", "predict", "--file", str(keys)).stdout.strip()
-    server = start_server(repository, tmp_path / "server.log", "--api-keys-file", str(keys))
+    server, admin_key, reader_key = keyed_server.server, keyed_server.admin_key, keyed_server.reader_key
     try:
         as_admin = ["--target", server.target, "--api-key", admin_key]
         denied = run_cli("unload", "mnist", "--target", server.target, "--api-key", reader_key)
@@ -124,7 +134,7 @@ def test_admin_commands_against_a_server_with_keys(repository: Path, tmp_path: P
         missing = run_cli("load", "nope", *as_admin)
         assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
     finally:
-        assert server.stop() == 0, server.log()
+        run_cli("reload", "mnist", *as_admin)  # the fixture's server as it was, whatever failed
 
 
 def test_train_twice_gives_the_next_version(tmp_path: Path) -> None:
