@@ -26,7 +26,7 @@ COPY server/ server/
 COPY clients/ clients/
 COPY gateway/ gateway/
 COPY protos/tensorgate/v1/ protos/tensorgate/v1/
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[gpu]"
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[server-gpu]"
 
 FROM nvidia/cuda:12.6.3-base-ubuntu24.04
 # The venv's python is a link to the system one: the runtime stage needs the same interpreter (not pip or venv).

@@ -22,7 +22,7 @@ COPY clients/ clients/
 COPY gateway/ gateway/
 COPY protos/tensorgate/v1/ protos/tensorgate/v1/
 # A regular (not editable) install: the runtime stage keeps the venv and drops /src.
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[cpu]"
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[server]"
 
 FROM python:3.11.13-slim-bookworm
 # A fixed uid/gid, so that Kubernetes' runAsUser/fsGroup and the owners of mounted files can name it.
