@@ -157,7 +157,8 @@ def test_readme_test_command_is_what_ci_runs() -> None:
 def test_every_command_prints_its_help() -> None:
     """``--help`` of each command renders (argparse formats help text with %, so a "95%" in a description broke
     ``serve --help`` once)."""
-    commands = ["serve", "models", "predict", "classify", "train", "keys", "certs", "envoy-config"]
+    commands = ["serve", "envoy-config", "train", "keys", "certs", "models", "predict", "classify"]
+    commands += ["load", "unload", "reload", "labels"]
     for command in commands:
         result = subprocess.run([*CLI, command, "--help"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, f"{command} --help: {result.stderr}"
