@@ -26,6 +26,8 @@ COPY server/ server/
 COPY clients/ clients/
 COPY gateway/ gateway/
 COPY protos/tensorgate/v1/ protos/tensorgate/v1/
+COPY protos/tensorgate/compat/ protos/tensorgate/compat/
+COPY tensorgate/ tensorgate/
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[server-gpu]"
 
 FROM nvidia/cuda:12.6.3-base-ubuntu24.04

@@ -21,6 +21,8 @@ COPY server/ server/
 COPY clients/ clients/
 COPY gateway/ gateway/
 COPY protos/tensorgate/v1/ protos/tensorgate/v1/
+COPY protos/tensorgate/compat/ protos/tensorgate/compat/
+COPY tensorgate/ tensorgate/
 # A regular (not editable) install: the runtime stage keeps the venv and drops /src.
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[server]"
 
