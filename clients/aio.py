@@ -22,7 +22,6 @@ from tensorgate.clients.client import (
     ClientBase,
     Metadata,
     Resumption,
-    _tracer,
     batches_of,
     health_unanswered,
     outputs_of,
@@ -32,6 +31,7 @@ from tensorgate.clients.client import (
     single_output,
     stream_outputs_of,
     stream_request,
+    tracer,
 )
 from tensorgate.v1.inference_service_pb2 import StreamPredictRequest, StreamPredictResponse
 from tensorgate.v1.model_service_pb2 import (
@@ -133,7 +133,7 @@ class AsyncTensorgateClient(ClientBase[grpc.aio.Channel]):
     ) -> dict[str, np.ndarray]:
         """Run a model on named inputs; returns its outputs by name."""
         request = predict_request(model, inputs, version, output_filter)
-        with _tracer.start_as_current_span("tensorgate.v1.InferenceService/Predict", kind=SpanKind.CLIENT):
+        with tracer.start_as_current_span("tensorgate.v1.InferenceService/Predict", kind=SpanKind.CLIENT):
             response = await self._pick().inference.Predict(request, **self._options(timeout_s, metadata))
         return outputs_of(response)
 
@@ -192,7 +192,7 @@ class AsyncTensorgateClient(ClientBase[grpc.aio.Channel]):
         resume = Resumption(self._stream_retry, timeout_s)
         while True:
             answered_before = outbox.answered
-            with _tracer.start_as_current_span("tensorgate.v1.InferenceService/StreamPredict", kind=SpanKind.CLIENT):
+            with tracer.start_as_current_span("tensorgate.v1.InferenceService/StreamPredict", kind=SpanKind.CLIENT):
                 options = self._stream_options(resume.remaining_s(), metadata)
                 call = self._pick().inference.StreamPredict(outbox.requests(), **options)
             try:

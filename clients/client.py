@@ -46,7 +46,7 @@ from tensorgate.v1.model_service_pb2 import (
 )
 
 MiB = 1024 * 1024
-_tracer = trace.get_tracer("tensorgate.client")
+tracer = trace.get_tracer("tensorgate.client")  # the spans of both clients
 
 # Every unary method is idempotent (inference included), so gRPC may retry it transparently. A server that
 # is stopping refuses new calls with UNAVAILABLE and resets calls it had not yet started with RST_STREAM
@@ -399,7 +399,7 @@ class TensorgateClient(ClientBase[grpc.Channel]):
     ) -> dict[str, np.ndarray]:
         """Run a model on named inputs; returns its outputs by name."""
         request = predict_request(model, inputs, version, output_filter)
-        with _tracer.start_as_current_span("tensorgate.v1.InferenceService/Predict", kind=SpanKind.CLIENT):
+        with tracer.start_as_current_span("tensorgate.v1.InferenceService/Predict", kind=SpanKind.CLIENT):
             response = self._pick().inference.Predict(request, **self._options(timeout_s, metadata))
         return outputs_of(response)
 
@@ -453,7 +453,7 @@ class TensorgateClient(ClientBase[grpc.Channel]):
         resume = Resumption(self._stream_retry, timeout_s)
         while True:
             answered_before = outbox.answered
-            with _tracer.start_as_current_span("tensorgate.v1.InferenceService/StreamPredict", kind=SpanKind.CLIENT):
+            with tracer.start_as_current_span("tensorgate.v1.InferenceService/StreamPredict", kind=SpanKind.CLIENT):
                 options = self._stream_options(resume.remaining_s(), metadata)
                 call = self._pick().inference.StreamPredict(outbox.requests(), **options)
             try:
