@@ -238,6 +238,7 @@ class ServerConfig(BaseModel):
         None,
         ge=0,
         le=1,
+        examples=[0.5],
         description=f"Share of new traces sampled (callers' decisions kept); unset = OTEL_TRACES_SAMPLER if set, "
         f"else {DEFAULT_TRACE_SAMPLE_RATIO}.",
     )

@@ -16,7 +16,7 @@ TARGETS = (
     ["protos/tensorgate/v1/codec.py", "protos/tensorgate/v1/tensors.py"],
     ["protos/generate.py"],
     ["deploy/generate.py"],
-    ["tensorgate"],
+    ["protos/tensorgate/__main__.py"],
 )
 
 

@@ -25,9 +25,7 @@ COPY pyproject.toml README.md ./
 COPY server/ server/
 COPY clients/ clients/
 COPY gateway/ gateway/
-COPY protos/tensorgate/v1/ protos/tensorgate/v1/
-COPY protos/tensorgate/compat/ protos/tensorgate/compat/
-COPY tensorgate/ tensorgate/
+COPY protos/tensorgate/ protos/tensorgate/
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[server-gpu]"
 
 FROM nvidia/cuda:12.6.3-base-ubuntu24.04

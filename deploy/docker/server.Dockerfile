@@ -20,9 +20,7 @@ COPY pyproject.toml README.md ./
 COPY server/ server/
 COPY clients/ clients/
 COPY gateway/ gateway/
-COPY protos/tensorgate/v1/ protos/tensorgate/v1/
-COPY protos/tensorgate/compat/ protos/tensorgate/compat/
-COPY tensorgate/ tensorgate/
+COPY protos/tensorgate/ protos/tensorgate/
 # A regular (not editable) install: the runtime stage keeps the venv and drops /src.
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[server]"
 

@@ -43,7 +43,7 @@ class Dtype:
 
     name: str  # tensorgate's readable name ("float32"), used in messages and metadata
     numpy: np.dtype
-    v1: int  # tensorgate.v1 DataType
+    v1: DataType  # tensorgate.v1 DataType
     v2: str  # Open Inference Protocol v2 datatype
     tf: int  # TensorFlow DataType (types.proto)
 
