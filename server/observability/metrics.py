@@ -74,6 +74,11 @@ LOAD_SECONDS = Histogram(
 LOAD_FAILURES = Counter(
     "tensorgate_model_load_failures_total", "Versions (or configurations) that failed to load.", ["model"]
 )
+WARMUP_REQUESTS = Counter(
+    "tensorgate_model_warmup_requests_total",
+    "Warm-up calls run on a version's servable before it became AVAILABLE (each request times its repeat count).",
+    ["model", "version"],
+)
 
 
 REQUESTS = Counter(
