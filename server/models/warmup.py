@@ -53,7 +53,7 @@ def warmup_requests(version: VersionPath, signature: Signature, config: ModelCon
         return [generated_inputs(signature, batch, rng) for batch in (1, *sizes)]
     path = _find_file(version, warmup.inputs)
     request = load_file(path, signature)
-    check_request(signature, request, str(path))
+    check_request(signature, request, f"warm-up inputs file {path}")
     return [request, *(repeated_rows(request, batch) for batch in sizes)]
 
 
