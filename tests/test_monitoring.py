@@ -33,6 +33,8 @@ PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
 DASHBOARD = MONITORING / "grafana" / "tensorgate-dashboard.json"
 VERSION = tomllib.loads((MONITORING.parent.parent / "pyproject.toml").read_text())["project"]["version"]
+# Grafana's values of the variables when "All" is selected.
+ALL_VARIABLES = {"$model": ".*", "$instance": ".*"}
 
 
 @pytest.mark.parametrize(
@@ -71,6 +73,30 @@ def test_dashboard_and_alerts_use_only_exported_metrics(stack: ServerProcess) ->
 def dashboard_expressions() -> list[str]:
     dashboard = json.loads(DASHBOARD.read_text())
     return [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+
+
+def test_dashboard_and_alerts_cover_every_inference_method_with_model_and_instance_selectors() -> None:
+    """The method filters of the latency panels and the latency alert name exactly the inference methods of
+    server/protocols/methods.py, so traffic over any protocol shows; every server panel follows the model and
+    instance variables."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["model"]["query"]["query"] == "label_values(tensorgate_model_versions, model)"
+    assert variables["instance"]["query"]["query"] == 'label_values(up{job="tensorgate"}, instance)'
+    assert all(variables[name]["includeAll"] and variables[name]["multi"] for name in ("model", "instance"))
+    server_expressions = [e for e in dashboard_expressions() if re.search(r'(?<!")\btensorgate_', e)]
+    assert all('instance=~"$instance"' in e for e in server_expressions)
+    without_model = ("tensorgate_requests_rejected_total", "tensorgate_streams_in_flight", "tensorgate_build_info")
+    assert all('model=~"$model"' in e for e in server_expressions if not any(m in e for m in without_model))
+    alerts = (MONITORING / "alerts.yml").read_text()
+    filters = re.findall(r'method=~"([^"]+)"', alerts) + [
+        f for e in server_expressions for f in re.findall(r'method=~"([^"]+)"', e)
+    ]
+    assert len(filters) >= 5  # the alert, p50 and p99 by method, p99 by model, errors by model and method
+    assert all(sorted(f.split("|")) == sorted(inference_methods()) for f in filters), filters
+    assert {"predict", "stream_predict", "kserve_model_infer", "kserve_model_stream_infer", "tfserving_predict"} <= set(
+        inference_methods()
+    )
 
 
 def latency_count(server: ServerProcess, model: str, method: str) -> float:
@@ -168,7 +194,11 @@ def test_real_prometheus_scrapes_server_and_envoy(stack: ServerProcess, tmp_path
         while query(url, expr) < before + 7:
             assert time.monotonic() < deadline, f"counter did not move: {query(url, expr)} after {before}"
             time.sleep(0.5)
-        # The per-model latency of each protocol is scraped.
+        # Every dashboard query is valid PromQL and answers; the per-model latency of each protocol is scraped.
+        for dashboard_expr in dashboard_expressions():
+            for variable, value in ALL_VARIABLES.items():
+                dashboard_expr = dashboard_expr.replace(variable, value)
+            query(url, dashboard_expr)  # an invalid query is an HTTP 400 here
         latency = 'sum(tensorgate_request_duration_seconds_count{model="mnist", method="predict"})'
         while query(url, latency) < 7:
             assert time.monotonic() < deadline, "per-model latency not scraped"
