@@ -164,8 +164,7 @@ def start_tensorgate(repository: Path, batching: bool, log: Path, *extra: str, r
     stack = start_stack(
         repository,
         log,
-        "--batching-enabled",
-        str(batching).lower(),
+        "--batching-enabled" if batching else "--no-batching-enabled",
         *extra,
         gateway=True,
         replicas=replicas,
@@ -466,9 +465,7 @@ class OipTarget:
 
 def serve_flags() -> set[str]:
     """The long flags `tensorgate serve --help` lists: the bench adds targets for flags other branches add."""
-    output = subprocess.run(
-        [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--help"], capture_output=True, text=True, check=True
-    ).stdout
+    output = subprocess.run([*CLI, "serve", "--help"], capture_output=True, text=True, check=True).stdout
     return long_flags(output)
 
 
@@ -528,7 +525,7 @@ def tensorgate_target(repository: Path, name: str, *extra: str, connections: int
     """tensorgate without Envoy: the OIP service is on the server's own gRPC port."""
     port = free_port_block(16)  # room for --workers N taking metrics_port + i, as replicas do
     argv = [*CLI, "serve", "--model-repository", str(repository)]
-    argv += ["--gateway", "false", "--port", str(port), "--metrics-port", str(port + 8), *extra]
+    argv += ["--no-gateway", "--port", str(port), "--metrics-port", str(port + 8), *extra]
     one_process = "--workers" not in extra  # with workers, one metrics port sees only its own process
     return OipTarget(name, argv, port, metrics_port=port + 8 if one_process else None, connections=connections)
 

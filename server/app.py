@@ -84,7 +84,7 @@ async def serve(config: ServerConfig) -> None:
     server.add_generic_rpc_handlers(
         [
             *v1.handlers(corridor, manager),
-            *kserve_v2.handlers(corridor),
+            *kserve_v2.handlers(corridor, manager),
             *tfserving.handlers(corridor, config.max_tensor_elements),
         ]
     )
@@ -115,6 +115,7 @@ async def serve(config: ServerConfig) -> None:
     address = f"{config.host}:{config.port}"
     credentials = server_credentials(config.tls)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    corridor.listening_on(config.host, port)
     await server.start()
     transport = "mtls" if config.tls.ca_file else "tls" if config.tls.enabled else "plaintext"
     log.info("listening", extra={"fields": {"address": f"{config.host}:{port}", "transport": transport}})

@@ -37,11 +37,17 @@ RUNTIME_DESCRIPTION = (
 # Kubernetes sets TENSORGATE_PORT=tcp://10.0.0.1:8500 in every pod of a namespace with a Service named tensorgate
 # (service links): such values are addresses of Services, never settings.
 SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
+DEFAULT_TRACE_SAMPLE_RATIO = 0.1  # share of new traces sampled when neither the settings nor OTEL_* choose
 
 
 def _split_commas(value: Any) -> Any:
     """ "a, b" as ["a", "b"]: how the environment and flags spell a list (a TOML file writes a list)."""
     return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+
+
+def _upper(value: Any) -> Any:
+    """A name as written in any case: ``debug`` is ``DEBUG``."""
+    return value.upper() if isinstance(value, str) else value
 
 
 CommaList = Annotated[list[str], BeforeValidator(_split_commas)]
@@ -224,10 +230,20 @@ class ServerConfig(BaseModel):
         0.0, ge=0, description="On SIGTERM, seconds between reporting NOT_SERVING and refusing new calls."
     )
     tracing_endpoint: str = Field(
-        "", description="OTLP/gRPC collector (host:port) for traces of the server and Envoy; empty = tracing off."
+        "",
+        description="Plaintext OTLP/gRPC collector (host:port) for traces of the server and Envoy; empty = the "
+        "server traces only when OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) is set, https:// for TLS.",
     )
-    trace_sample_ratio: float = Field(0.1, ge=0, le=1, description="Share of new traces sampled (callers' kept).")
-    service_name: str = Field("tensorgate", description="service.name of the server's spans.")
+    trace_sample_ratio: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=f"Share of new traces sampled (callers' decisions kept); unset = OTEL_TRACES_SAMPLER if set, "
+        f"else {DEFAULT_TRACE_SAMPLE_RATIO}.",
+    )
+    service_name: str = Field(
+        "", description="service.name of the server's spans; empty = OTEL_SERVICE_NAME, else tensorgate."
+    )
     api_keys_file: Path | None = Field(
         None, description="TOML file of hashed API keys and their scopes; unset = no authentication (loopback)."
     )
@@ -251,6 +267,7 @@ class ServerConfig(BaseModel):
     )
     trusted_proxies: CommaList = Field(
         ["127.0.0.0/8", "::1/128"],
+        examples=[["10.0.0.0/8", "fd00::/8"]],
         description="Networks of proxies (the gateway) whose last x-forwarded-for hop is taken as the client's "
         "address (comma-separated in env/flags).",
     )
@@ -269,7 +286,9 @@ class ServerConfig(BaseModel):
     )
     metrics_port: int = Field(8502, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint.")
     model_workers: int = Field(2, ge=1, description="Model calls run at once, on threads off the event loop.")
-    device: str = Field("auto", pattern=DEVICE_PATTERN, description="Default device: auto, cpu or gpu:N.")
+    device: str = Field(
+        "auto", pattern=DEVICE_PATTERN, examples=["gpu:1"], description="Default device: auto, cpu or gpu:N."
+    )
     runtime: Runtime = Field("auto", description=f"Default runtime. {RUNTIME_DESCRIPTION}")
     intra_op_threads: int = Field(0, ge=0, description="TensorFlow threads within one op; 0 = one per core.")
     inter_op_threads: int = Field(0, ge=0, description="TensorFlow ops run in parallel; 0 = TensorFlow's choice.")
@@ -290,7 +309,12 @@ class ServerConfig(BaseModel):
         8, ge=1, description="Requests of one StreamPredict stream worked on at once; reading pauses when full."
     )
     shutdown_grace_s: float = Field(30.0, ge=0, description="Seconds in-flight calls may take to finish on SIGTERM.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = Field(
+        "INFO", description="Lowest level logged (any case)."
+    )
+    log_format: Literal["json", "text", "auto"] = Field(
+        "auto", description="Log lines on stderr: JSON objects, or text for people; auto = text on a terminal."
+    )
 
     @field_validator("trusted_proxies")
     @classmethod

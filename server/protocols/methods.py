@@ -1,4 +1,4 @@
-"""Every RPC the server's protocols answer: its gRPC path, the name its spans and metrics carry, and who may call it.
+"""Every RPC the server's protocols answer: its gRPC path (its spans' name), its metrics' name, and who may call it.
 
 One table, read by the RPC corridor (which authorizes each call for its method's scope) and by the Envoy
 renderer (which lets the public ones through without credentials), so the two can never disagree. It imports no
@@ -21,7 +21,7 @@ TFS_MODELS = "tensorflow.serving.ModelService"
 
 @dataclass(frozen=True)
 class Method:
-    """One RPC: ``/{service}/{rpc}`` on the wire, ``name`` in spans and metrics, ``scope`` None when public.
+    """One RPC: ``/{service}/{rpc}`` on the wire and in spans, ``name`` in metrics, ``scope`` None when public.
 
     ``inference``: the RPC runs a model. Their ``tensorgate_request_duration_seconds`` is the per-model end-to-end
     latency that the dashboard and the latency and error alerts of deploy/monitoring watch (tests/test_monitoring.py
@@ -58,6 +58,11 @@ METHODS: tuple[Method, ...] = (
     Method(KSERVE_V2, "ModelMetadata", "kserve_model_metadata", PREDICT),
     Method(KSERVE_V2, "ModelInfer", "kserve_model_infer", PREDICT, inference=True),
     Method(KSERVE_V2, "ModelStreamInfer", "kserve_model_stream_infer", PREDICT, streams=True, inference=True),
+    Method(KSERVE_V2, "ModelConfig", "kserve_model_config", PREDICT),
+    Method(KSERVE_V2, "ModelStatistics", "kserve_model_statistics", PREDICT),
+    Method(KSERVE_V2, "RepositoryIndex", "kserve_repository_index", PREDICT),
+    Method(KSERVE_V2, "RepositoryModelLoad", "kserve_repository_model_load", ADMIN),
+    Method(KSERVE_V2, "RepositoryModelUnload", "kserve_repository_model_unload", ADMIN),
     Method(TFS_PREDICTION, "Predict", "tfserving_predict", PREDICT, inference=True),
     Method(TFS_PREDICTION, "GetModelMetadata", "tfserving_get_model_metadata", PREDICT),
     Method(TFS_MODELS, "GetModelStatus", "tfserving_get_model_status", PREDICT),
