@@ -29,12 +29,12 @@ from tensorgate.server.models.loader import load_version
 from tensorgate.server.models.manager import ModelManager
 from tensorgate.server.models.model_config import ModelConfig
 from tensorgate.server.models.registry import ModelRegistry
-from tensorgate.server.observability.metrics import metrics_registry, start_metrics_server
+from tensorgate.server.observability.metrics import metrics_registry, record_build_info, start_metrics_server
 from tensorgate.server.observability.tracing import setup_tracing, shutdown_tracing
 from tensorgate.server.protocols import kserve_v2, tfserving, v1
 from tensorgate.server.protocols.methods import KSERVE_V2, TFS_MODELS, TFS_PREDICTION, V1_INFERENCE, V1_MODELS
 from tensorgate.server.protocols.rpc import CallLimits, Corridor
-from tensorgate.server.runtimes.devices import configure_tensorflow
+from tensorgate.server.runtimes.devices import configure_tensorflow, tensorflow_version
 from tensorgate.server.security.auth import ApiKeyStore, Authenticator
 from tensorgate.server.security.jwt_auth import JwtVerifier
 from tensorgate.server.security.rate_limit import RateLimiter
@@ -57,6 +57,7 @@ async def serve(config: ServerConfig) -> None:
     """Run the server until SIGTERM or SIGINT, then drain and return."""
     setup_tracing(config.tracing_endpoint, config.service_name, config.trace_sample_ratio)
     configure_tensorflow(config.intra_op_threads, config.inter_op_threads)
+    record_build_info(tensorflow_version())
     registry = ModelRegistry()
     executor = ThreadPoolExecutor(config.model_workers, thread_name_prefix="model")
     limits = Limits(config.max_examples_per_request, config.max_tensor_elements, config.reject_non_finite)

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -39,6 +40,10 @@ COMPOSE = DEPLOY / "compose.yaml"
 PRODUCTION = DEPLOY / "config" / "tensorgate.toml"
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 KUBERNETES_VERSION = "1.33.0"  # the .github/workflows/ci.yml lint job validates against the same
+# Prometheus Operator's resources are validated against its CRD schemas, which kubernetes-validate does not hold.
+OPERATOR_API = "monitoring.coreos.com/v1"
+OPERATOR_CRDS = ROOT / "tests" / "schemas"
+OPERATOR_MANIFESTS = ("podmonitor.yaml",)  # need the operator's CRDs: not applied by kustomization.yaml
 MOUNT = "/etc/tensorgate"
 BIN = Path(sys.executable).parent
 PROMTOOL = shutil.which("promtool")
@@ -249,15 +254,88 @@ def test_kubernetes_validate(manifest: Path) -> None:
     documents = [doc for doc in yaml.safe_load_all(manifest.read_text()) if doc]
     assert documents
     for doc in documents:
-        # Raises on a schema violation (strict: unknown fields too) and on a kind it has no schema for.
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        if doc["apiVersion"] == OPERATOR_API:
+            validate_operator_resource(doc)
+        else:
+            # Raises on a schema violation (strict: unknown fields too) and on a kind it has no schema for.
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == GENERATE.NAMESPACE
+
+
+def strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with unknown fields refused wherever the API server would prune them (as ``kubectl apply
+    --validate=strict`` refuses them): objects with properties and no other fields allowed."""
+    schema = dict(schema)
+    for key in ("properties", "patternProperties"):
+        if key in schema:
+            schema[key] = {name: strict(sub) for name, sub in schema[key].items()}
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            schema[key] = strict(schema[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in schema:
+            schema[key] = [strict(sub) for sub in schema[key]]
+    preserves_unknown = schema.get("x-kubernetes-preserve-unknown-fields", False)
+    if "properties" in schema and "additionalProperties" not in schema and not preserves_unknown:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def validate_operator_resource(doc: dict[str, Any]) -> None:
+    """A Prometheus Operator resource against the openAPIV3Schema of its vendored CRD (tests/schemas)."""
+    crd_file = OPERATOR_CRDS / f"monitoring.coreos.com_{doc['kind'].lower()}s.yaml"
+    (crd,) = [d for d in yaml.safe_load_all(crd_file.read_text()) if d]
+    (version,) = [v for v in crd["spec"]["versions"] if f"{crd['spec']['group']}/{v['name']}" == doc["apiVersion"]]
+    jsonschema.validate(doc, strict(version["schema"]["openAPIV3Schema"]))
+
+
+def test_operator_schema_check_refuses_unknown_and_wrong_fields() -> None:
+    (doc, _) = [d for d in yaml.safe_load_all((KUBERNETES / "podmonitor.yaml").read_text()) if d]
+    validate_operator_resource(doc)
+    for broken in ({"spec": {**doc["spec"], "podMetricsEndpoint": []}}, {"spec": {"podMetricsEndpoints": []}}):
+        with pytest.raises(jsonschema.ValidationError):
+            validate_operator_resource({**doc, **broken})
+    endpoint = {**doc["spec"]["podMetricsEndpoints"][0], "interval": "often"}
+    with pytest.raises(jsonschema.ValidationError):
+        validate_operator_resource({**doc, "spec": {**doc["spec"], "podMetricsEndpoints": [endpoint]}})
+
+
+def test_pod_monitors_scrape_every_server_and_envoy_pod_as_the_alerts_expect() -> None:
+    """Every tensorgate Deployment's pods (not the collector's) are selected by a PodMonitor that names their
+    metrics port; the jobs and paths are those of deploy/monitoring/prometheus.yml, whose job names the alerts and
+    the dashboard use."""
+    objects = kubernetes_objects()
+    deployments = {name: doc["spec"]["template"] for (kind, name), doc in objects.items() if kind == "Deployment"}
+    jobs = {
+        job["job_name"]: job.get("metrics_path", "/metrics")
+        for job in yaml.safe_load((DEPLOY / "monitoring" / "prometheus.yml").read_text())["scrape_configs"]
+    }
+    scraped, covered = {}, set()
+    for (kind, name), monitor in objects.items():
+        if kind != "PodMonitor":
+            continue
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        selected = [d for d, pod in deployments.items() if selector.items() <= pod["metadata"]["labels"].items()]
+        assert selected, name
+        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        for deployment in selected:
+            ports = {p["name"] for c in deployments[deployment]["spec"]["containers"] for p in c["ports"]}
+            assert endpoint["port"] in ports, (name, deployment)
+        (job,) = [r["replacement"] for r in endpoint["relabelings"] if r["targetLabel"] == "job"]
+        scraped[job] = endpoint["path"]
+        covered |= set(selected)
+    assert scraped == jobs
+    tensorgate = {
+        d for d, pod in deployments.items() if pod["metadata"]["labels"]["app.kubernetes.io/name"] == "tensorgate"
+    }
+    assert covered == tensorgate == {"tensorgate-server", "tensorgate-server-gpu", "tensorgate-envoy"}
 
 
 def test_kustomization_applies_everything_but_examples_and_the_gpu_variant() -> None:
     resources = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())["resources"]
     expected = {p.name for p in MANIFESTS if not p.name.endswith(".example.yaml")} - {"server-gpu-deployment.yaml"}
+    expected -= set(OPERATOR_MANIFESTS)
     assert sorted(resources) == sorted(expected)
 
 

@@ -1,28 +1,40 @@
-"""deploy/monitoring: promtool checks and rule tests, a dashboard that only uses exported metrics,
-and a real Prometheus scraping the running server and Envoy."""
+"""deploy/monitoring: promtool checks and rule tests, a dashboard that only uses exported metrics and covers every
+inference method with model and instance selectors, per-model latency over every protocol, and a real Prometheus
+scraping the running server and Envoy and answering every dashboard query."""
 
 from __future__ import annotations
 
 import json
+import queue
 import re
 import shutil
 import subprocess
 import time
+import tomllib
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import grpc
+import grpc_tools.protoc  # noqa: F401  (before TensorFlow, as in test_tfserving.py)
 import numpy as np
 import pytest
+import tensorflow as tf
+import tritonclient.grpc as triton
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tensorgate.clients.client import TensorgateClient
+from tensorgate.server.protocols.methods import inference_methods
 
 from conftest import ServerProcess, free_port
 
 MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "monitoring"
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
+DASHBOARD = MONITORING / "grafana" / "tensorgate-dashboard.json"
+VERSION = tomllib.loads((MONITORING.parent.parent / "pyproject.toml").read_text())["project"]["version"]
+# Grafana's values of the variables when "All" is selected.
+ALL_VARIABLES = {"$model": ".*", "$instance": ".*"}
 
 
 @pytest.mark.parametrize(
@@ -47,14 +59,98 @@ def test_dashboard_and_alerts_use_only_exported_metrics(stack: ServerProcess) ->
         list(client.stream_predict("mnist", iter(np.zeros((2, 28, 28), np.float32))))
         with pytest.raises(grpc.RpcError):
             client.predict("mnist", np.zeros((1, 3), np.float32))
+    with TensorgateClient(stack.gateway_target) as client:  # and Envoy's upstream series
+        client.predict("mnist", np.zeros((1, 28, 28), np.float32))
     exported = exported_names(stack.metrics_url) | exported_names(f"{stack.gateway_admin_url}/stats/prometheus")
-    dashboard = json.loads((MONITORING / "grafana" / "tensorgate-dashboard.json").read_text())
-    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    expressions = dashboard_expressions()
     expressions += re.findall(r"expr: \|?\s*(.+)", (MONITORING / "alerts.yml").read_text())
     # Metric names only: drop label matchers {...} and grouping clauses by (...) first.
     bare = [re.sub(r"\{[^}]*\}|\bby \([^)]*\)", "", expr) for expr in expressions]
     used = {name for expr in bare for name in re.findall(r"\b((?:tensorgate|envoy)_[a-z0-9_]+)", expr)}
     assert used and sorted(used - exported) == []
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+
+
+def test_dashboard_and_alerts_cover_every_inference_method_with_model_and_instance_selectors() -> None:
+    """The method filters of the latency panels and the latency alert name exactly the inference methods of
+    server/protocols/methods.py, so traffic over any protocol shows; every server panel follows the model and
+    instance variables."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["model"]["query"]["query"] == "label_values(tensorgate_model_versions, model)"
+    assert variables["instance"]["query"]["query"] == 'label_values(up{job="tensorgate"}, instance)'
+    assert all(variables[name]["includeAll"] and variables[name]["multi"] for name in ("model", "instance"))
+    server_expressions = [e for e in dashboard_expressions() if re.search(r'(?<!")\btensorgate_', e)]
+    assert all('instance=~"$instance"' in e for e in server_expressions)
+    without_model = ("tensorgate_requests_rejected_total", "tensorgate_streams_in_flight", "tensorgate_build_info")
+    assert all('model=~"$model"' in e for e in server_expressions if not any(m in e for m in without_model))
+    alerts = (MONITORING / "alerts.yml").read_text()
+    filters = re.findall(r'method=~"([^"]+)"', alerts) + [
+        f for e in server_expressions for f in re.findall(r'method=~"([^"]+)"', e)
+    ]
+    assert len(filters) >= 5  # the alert, p50 and p99 by method, p99 by model, errors by model and method
+    assert all(sorted(f.split("|")) == sorted(inference_methods()) for f in filters), filters
+    assert {"predict", "stream_predict", "kserve_model_infer", "kserve_model_stream_infer", "tfserving_predict"} <= set(
+        inference_methods()
+    )
+
+
+def latency_count(server: ServerProcess, model: str, method: str) -> float:
+    return server.metric("tensorgate_request_duration_seconds_count", model=model, method=method)
+
+
+def test_per_model_latency_for_every_inference_protocol(stack: ServerProcess) -> None:
+    """One call of each inference method, over its own protocol's client, is timed under the model it named."""
+    before = {method: latency_count(stack, "mnist", method) for method in inference_methods()}
+    unknown_before = latency_count(stack, "_unknown", "tfserving_predict")
+    x = np.zeros((1, 28, 28), np.float32)
+    with TensorgateClient(stack.target) as client:
+        client.predict("mnist", x)
+        assert len(list(client.stream_predict("mnist", iter(np.zeros((2, 28, 28), np.float32))))) == 2
+    with triton.InferenceServerClient(stack.target) as oip:
+        tensor = triton.InferInput("keras_tensor", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        assert oip.infer("mnist", [tensor]).as_numpy("output_0").shape == (1, 10)
+        answers: queue.Queue[tuple[object, object]] = queue.Queue()
+        oip.start_stream(callback=lambda result, error: answers.put((result, error)))
+        try:
+            oip.async_stream_infer("mnist", [tensor])
+            result, error = answers.get(timeout=60)
+            assert error is None and result is not None
+        finally:
+            oip.stop_stream()
+    with grpc.insecure_channel(stack.target) as channel:
+        tfs = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for model in ("mnist", "no-such-model"):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model
+            request.inputs["keras_tensor"].CopyFrom(tf.make_tensor_proto(x))
+            if model == "mnist":
+                assert tfs.Predict(request, timeout=60).outputs["output_0"].tensor_shape.dim[1].size == 10
+            else:
+                with pytest.raises(grpc.RpcError):
+                    tfs.Predict(request, timeout=60)
+    for method in inference_methods():
+        assert latency_count(stack, "mnist", method) == before[method] + 1, method
+        assert stack.metric("tensorgate_request_duration_seconds_sum", model="mnist", method=method) > 0, method
+    assert latency_count(stack, "_unknown", "tfserving_predict") == unknown_before + 1  # never the name sent
+
+
+def test_build_info_and_load_durations_up_to_ten_minutes(stack: ServerProcess) -> None:
+    assert stack.metric("tensorgate_build_info", version=VERSION, tensorflow=tf.__version__) == 1
+    loads = stack.metric("tensorgate_model_load_duration_seconds_count", model="mnist")
+    assert loads >= 1
+    assert stack.metric("tensorgate_model_load_duration_seconds_bucket", model="mnist", le="600.0") == loads
+    buckets = {
+        float(dict(labels)["le"])
+        for name, labels in stack.metrics()
+        if name == "tensorgate_model_load_duration_seconds_bucket" and dict(labels)["model"] == "mnist"
+    }
+    assert {10.0, 60.0, 300.0, 600.0} <= buckets
 
 
 def query(prometheus_url: str, expr: str) -> float:
@@ -97,6 +193,15 @@ def test_real_prometheus_scrapes_server_and_envoy(stack: ServerProcess, tmp_path
                 client.predict("mnist", np.zeros((1, 28, 28), np.float32))
         while query(url, expr) < before + 7:
             assert time.monotonic() < deadline, f"counter did not move: {query(url, expr)} after {before}"
+            time.sleep(0.5)
+        # Every dashboard query is valid PromQL and answers; the per-model latency of each protocol is scraped.
+        for dashboard_expr in dashboard_expressions():
+            for variable, value in ALL_VARIABLES.items():
+                dashboard_expr = dashboard_expr.replace(variable, value)
+            query(url, dashboard_expr)  # an invalid query is an HTTP 400 here
+        latency = 'sum(tensorgate_request_duration_seconds_count{model="mnist", method="predict"})'
+        while query(url, latency) < 7:
+            assert time.monotonic() < deadline, "per-model latency not scraped"
             time.sleep(0.5)
     finally:
         prometheus.terminate()

@@ -166,6 +166,13 @@ def test_calls_spread_over_both_workers_and_metrics_add_up(
     assert sum(predict_requests_by_pid(workers).values()) == scraped_predict_requests(workers)
 
 
+def test_build_info_is_one_series_over_the_workers(workers: ServerProcess) -> None:
+    """Every worker reports the same build: the shared scrape gives it once, as 1 (not one series per worker)."""
+    builds = [(labels, value) for (name, labels), value in workers.metrics().items() if name == "tensorgate_build_info"]
+    assert len(builds) == 1 and builds[0][1] == 1
+    assert {"version", "tensorflow"} <= dict(builds[0][0]).keys()
+
+
 def test_workers_share_the_health_port(workers: ServerProcess, health_port: int) -> None:
     for _ in range(6):  # a new connection each: either worker answers
         with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:

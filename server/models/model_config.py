@@ -8,6 +8,10 @@ Example::
     [batching]
     max_batch_size = 64
     max_queue_delay_us = 500
+
+    [warmup]
+    inputs = "warmup.npz"  # or "zeros" (the default) or "random"
+    count = 3
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tensorgate.server.config import DEVICE_PATTERN, RUNTIME_DESCRIPTION, BatchingConfig, Runtime, merge_nested
 from tensorgate.server.errors import quote
@@ -24,6 +28,8 @@ from tensorgate.server.models.repository import is_version_number
 
 MODEL_CONFIG_FILE = "model.toml"
 MAX_LABEL_LENGTH = 128
+WARMUP_GENERATED = ("zeros", "random")
+WARMUP_FILE_SUFFIXES = (".npy", ".npz")
 
 
 def check_label(label: str) -> None:
@@ -34,6 +40,34 @@ def check_label(label: str) -> None:
 
 class ModelConfigError(ValueError):
     """A model's configuration file is unreadable or invalid; the message names the file."""
+
+
+class WarmupConfig(BaseModel):
+    """What runs on a version before it serves, when it ships no ``assets.extra/tf_serving_warmup_requests``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inputs: str = Field(
+        "zeros",
+        description="zeros (empty strings), random (seeded; strings empty), or the name of a .npy file (a "
+        "single-input signature) or .npz file (one array per input) in the version directory, else the model "
+        "directory, holding one batch.",
+    )
+    count: int = Field(
+        1, ge=1, le=1000, description="Times each warm-up request runs (TF Serving's num_request_iterations)."
+    )
+    preferred_batch_sizes: bool = Field(
+        True, description="Also run a batch of every preferred batch size of [batching] (from the same inputs)."
+    )
+
+    @field_validator("inputs")
+    @classmethod
+    def _known_source(cls, inputs: str) -> str:
+        if inputs in WARMUP_GENERATED:
+            return inputs
+        if inputs != Path(inputs).name or inputs.startswith(".") or not inputs.endswith(WARMUP_FILE_SUFFIXES):
+            raise ValueError(f"warm-up inputs must be zeros, random, or a .npy/.npz file name, not {quote(inputs)}")
+        return inputs
 
 
 class ModelConfig(BaseModel):
@@ -55,6 +89,7 @@ class ModelConfig(BaseModel):
     allow_signature_change: bool = Field(
         False, description="Serve a new version whose signature would break callers of the current one."
     )
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig, description="Warm-up requests run before serving.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:

@@ -13,6 +13,7 @@ say how they combine (``multiprocess_mode``; ignored by a single process).
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import socket
 import threading
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Loading a version (reading it, converting it, warming it up) takes from a fraction of a second to minutes.
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 BATCH_SIZE = Histogram(
     "tensorgate_batch_size",
@@ -69,10 +72,15 @@ LOAD_SECONDS = Histogram(
     "tensorgate_model_load_duration_seconds",
     "Time to load and warm up a model version.",
     ["model"],
-    buckets=LATENCY_BUCKETS,
+    buckets=LOAD_BUCKETS,
 )
 LOAD_FAILURES = Counter(
     "tensorgate_model_load_failures_total", "Versions (or configurations) that failed to load.", ["model"]
+)
+WARMUP_REQUESTS = Counter(
+    "tensorgate_model_warmup_requests_total",
+    "Warm-up calls run on a version's servable before it became AVAILABLE (each request times its repeat count).",
+    ["model", "version"],
 )
 
 
@@ -83,8 +91,9 @@ REQUESTS = Counter(
 )
 REQUEST_SECONDS = Histogram(
     "tensorgate_request_duration_seconds",
-    "Time from a unary RPC (or stream message) arriving to its answer.",
-    ["method"],
+    "Time from a unary RPC (or stream message) arriving to its answer, by the model it named and method: the "
+    "end-to-end latency of each model over every protocol.",
+    ["model", "method"],
     buckets=LATENCY_BUCKETS,
 )
 REJECTED = Counter(
@@ -101,7 +110,18 @@ QUEUE_CAPACITY = Gauge(
     ["model", "version"],
     multiprocess_mode="livesum",  # summed like the depth, so that depth / capacity stays the share of all queues
 )
+BUILD_INFO = Gauge(
+    "tensorgate_build_info",
+    "1, labelled with the version of tensorgate and of the TensorFlow that runs the models.",
+    ["version", "tensorflow"],
+    multiprocess_mode="max",  # every worker of a replica reports the same build: one series, not one per worker
+)
 UNKNOWN_MODEL = "_unknown"  # label for names that are not in the repository: labels never carry raw user input
+
+
+def record_build_info(tensorflow: str) -> None:
+    """Set ``tensorgate_build_info`` for this process: the installed tensorgate's version and ``tensorflow``."""
+    BUILD_INFO.labels(version=importlib.metadata.version("tensorgate"), tensorflow=tensorflow).set(1)
 
 
 class ModelStateCollector(Collector):

@@ -21,7 +21,12 @@ TFS_MODELS = "tensorflow.serving.ModelService"
 
 @dataclass(frozen=True)
 class Method:
-    """One RPC: ``/{service}/{rpc}`` on the wire and in spans, ``name`` in metrics, ``scope`` None when public."""
+    """One RPC: ``/{service}/{rpc}`` on the wire and in spans, ``name`` in metrics, ``scope`` None when public.
+
+    ``inference``: the RPC runs a model. Their ``tensorgate_request_duration_seconds`` is the per-model end-to-end
+    latency that the dashboard and the latency and error alerts of deploy/monitoring watch (tests/test_monitoring.py
+    checks that those name exactly these methods).
+    """
 
     service: str
     rpc: str
@@ -29,6 +34,7 @@ class Method:
     scope: str | None
     streams: bool = False  # a bidirectional stream (bounded by the stream duration, not the request timeout)
     rest_paths: tuple[str, ...] = ()  # the REST paths Envoy maps onto a public method, which stay public too
+    inference: bool = False
 
     @property
     def path(self) -> str:
@@ -36,8 +42,8 @@ class Method:
 
 
 METHODS: tuple[Method, ...] = (
-    Method(V1_INFERENCE, "Predict", "predict", PREDICT),
-    Method(V1_INFERENCE, "StreamPredict", "stream_predict", PREDICT, streams=True),
+    Method(V1_INFERENCE, "Predict", "predict", PREDICT, inference=True),
+    Method(V1_INFERENCE, "StreamPredict", "stream_predict", PREDICT, streams=True, inference=True),
     Method(V1_MODELS, "ListModels", "list_models", PREDICT),
     Method(V1_MODELS, "GetModelStatus", "get_model_status", PREDICT),
     Method(V1_MODELS, "GetModelMetadata", "get_model_metadata", PREDICT),
@@ -50,14 +56,14 @@ METHODS: tuple[Method, ...] = (
     Method(KSERVE_V2, "ModelReady", "kserve_model_ready", PREDICT),
     Method(KSERVE_V2, "ServerMetadata", "kserve_server_metadata", PREDICT),
     Method(KSERVE_V2, "ModelMetadata", "kserve_model_metadata", PREDICT),
-    Method(KSERVE_V2, "ModelInfer", "kserve_model_infer", PREDICT),
-    Method(KSERVE_V2, "ModelStreamInfer", "kserve_model_stream_infer", PREDICT, streams=True),
+    Method(KSERVE_V2, "ModelInfer", "kserve_model_infer", PREDICT, inference=True),
+    Method(KSERVE_V2, "ModelStreamInfer", "kserve_model_stream_infer", PREDICT, streams=True, inference=True),
     Method(KSERVE_V2, "ModelConfig", "kserve_model_config", PREDICT),
     Method(KSERVE_V2, "ModelStatistics", "kserve_model_statistics", PREDICT),
     Method(KSERVE_V2, "RepositoryIndex", "kserve_repository_index", PREDICT),
     Method(KSERVE_V2, "RepositoryModelLoad", "kserve_repository_model_load", ADMIN),
     Method(KSERVE_V2, "RepositoryModelUnload", "kserve_repository_model_unload", ADMIN),
-    Method(TFS_PREDICTION, "Predict", "tfserving_predict", PREDICT),
+    Method(TFS_PREDICTION, "Predict", "tfserving_predict", PREDICT, inference=True),
     Method(TFS_PREDICTION, "GetModelMetadata", "tfserving_get_model_metadata", PREDICT),
     Method(TFS_MODELS, "GetModelStatus", "tfserving_get_model_status", PREDICT),
 )
@@ -67,6 +73,11 @@ _BY_PATH = {method.path: method for method in METHODS}
 def method(service: str, rpc: str) -> Method:
     """The table's entry for ``/{service}/{rpc}`` (KeyError for a method that is not in it)."""
     return _BY_PATH[f"/{service}/{rpc}"]
+
+
+def inference_methods() -> tuple[str, ...]:
+    """The names of the methods that run a model."""
+    return tuple(m.name for m in METHODS if m.inference)
 
 
 def public_paths() -> tuple[str, ...]:

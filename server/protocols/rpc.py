@@ -478,7 +478,7 @@ def _serialize(message: Message) -> bytes:
 def _record(call: Call, method: str, code: grpc.StatusCode, started: float, rejection: str) -> None:
     """Count one finished request (or stream message) of ``method`` with its outcome and duration."""
     _requests_counter(call.model_label, call.version_label, method, code.name).inc()
-    _duration_histogram(method).observe(time.perf_counter() - started)
+    _duration_histogram(call.model_label, method).observe(time.perf_counter() - started)
     if rejection:
         _rejected_counter(rejection).inc()
 
@@ -491,8 +491,8 @@ def _requests_counter(model: str, version: str, method: str, code: str) -> Count
 
 
 @functools.cache
-def _duration_histogram(method: str) -> Histogram:
-    return metrics.REQUEST_SECONDS.labels(method=method)
+def _duration_histogram(model: str, method: str) -> Histogram:
+    return metrics.REQUEST_SECONDS.labels(model=model, method=method)
 
 
 @functools.cache

@@ -32,6 +32,11 @@ def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> list[s
     return names
 
 
+def tensorflow_version() -> str:
+    """The version of the TensorFlow this process runs models with."""
+    return str(tf.__version__)
+
+
 def resolve_device(device: str) -> str:
     """The TensorFlow device name (``CPU:0``, ``GPU:1``) for a configured device."""
     gpus = len(tf.config.list_logical_devices("GPU"))
