@@ -67,7 +67,13 @@ async def serve(config: ServerConfig) -> None:
     authenticator = build_authenticator(config, limiter)
     defaults = ModelConfig(device=config.device, runtime=config.runtime, batching=config.batching)
     manager = ModelManager(
-        config.model_repository, registry, config.signature_name, defaults, load_version, dataplane.retire
+        config.model_repository,
+        registry,
+        config.signature_name,
+        defaults,
+        load_version,
+        dataplane.retire,
+        config.model_name,
     )
     shared_ports = config.workers > 1
     server = grpc.aio.server(

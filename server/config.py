@@ -15,7 +15,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -26,6 +35,10 @@ from pydantic_settings import (
 )
 
 ENV_PREFIX = "TENSORGATE_"
+# TF Serving's container variables, read as TF Serving's image reads them: MODEL_BASE_PATH (the repository) and
+# MODEL_NAME (the one model of it to serve); TENSORGATE_MODEL_REPOSITORY and TENSORGATE_MODEL_NAME win over them.
+TF_SERVING_VARIABLES = {"MODEL_BASE_PATH": "model_repository", "MODEL_NAME": "model_name"}
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"  # a directory name of the repository that names a model
 NESTED = "__"  # TENSORGATE_BATCHING__MAX_BATCH_SIZE sets batching.max_batch_size
 MiB = 1024 * 1024
 DEVICE_PATTERN = r"^(auto|cpu|gpu:\d+)$"
@@ -199,6 +212,11 @@ class ServerConfig(BaseModel):
     model_repository: Path = Field(
         Path("models"), description="Root of the model repository: <root>/<model>/<version>/."
     )
+    model_name: Annotated[str, StringConstraints(pattern=MODEL_NAME_PATTERN)] | None = Field(
+        None,
+        examples=["mnist"],
+        description="Serve only this model of model_repository (TF Serving's MODEL_NAME); unset = every model.",
+    )
     poll_interval_s: float = Field(
         2.0, ge=0, description="Seconds between scans of the repository for new or removed versions; 0 never scans."
     )
@@ -334,13 +352,18 @@ class ServerConfig(BaseModel):
     @model_validator(mode="after")
     def _no_silent_plaintext(self) -> ServerConfig:
         """Plaintext beyond loopback is a decision someone writes down, never what happens by default."""
-        if self.allow_plaintext:
-            return self
-        if not self.tls.enabled and not is_loopback(self.host):
-            raise ValueError(f"host {self.host} is not loopback: configure tls (or set allow_plaintext)")
-        if self.gateway and not self.gateway_tls.enabled and not is_loopback(self.host):
-            raise ValueError(f"host {self.host} is not loopback: configure gateway_tls (or set allow_plaintext)")
+        exposed = self.exposed_plaintext()
+        if exposed and not self.allow_plaintext:
+            raise ValueError(f"host {self.host} is not loopback: configure {exposed[0]} (or set allow_plaintext)")
         return self
+
+    def exposed_plaintext(self) -> list[str]:
+        """The listeners (named by their TLS table) that speak plaintext on a non-loopback address; only
+        allow_plaintext permits any, and serve logs them when it does."""
+        if is_loopback(self.host):
+            return []
+        listeners = {"tls": self.tls, "gateway_tls": self.gateway_tls} if self.gateway else {"tls": self.tls}
+        return [name for name, tls in listeners.items() if not tls.enabled]
 
     @model_validator(mode="after")
     def _tls_files_exist(self) -> ServerConfig:
@@ -425,8 +448,10 @@ class _Environment(EnvSettingsSource):
 
 
 def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The settings ``environ`` holds, as nested values (``TENSORGATE_JWT__ISSUER`` as ``{"jwt": {"issuer": ...}}``)."""
-    return _Environment(environ)()
+    """The settings ``environ`` holds, as nested values (``TENSORGATE_JWT__ISSUER`` as ``{"jwt": {"issuer": ...}}``):
+    TF Serving's variables (TF_SERVING_VARIABLES), then the ``TENSORGATE_*`` ones over them."""
+    tf_serving = {field: environ[name] for name, field in TF_SERVING_VARIABLES.items() if environ.get(name)}
+    return merge_nested(tf_serving, _Environment(environ)())
 
 
 def merge_nested(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -456,11 +481,11 @@ def load_config(
             sources.append(TomlConfigSettingsSource(_SettingsShape, config_file))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read configuration file {config_file}: {exc}") from exc
-    sources.append(_Environment(os.environ if environ is None else environ))
     values: dict[str, Any] = {}
     try:
         for source in sources:
             values = merge_nested(values, source())
+        values = merge_nested(values, environment_values(os.environ if environ is None else environ))
         return ServerConfig.model_validate(merge_nested(values, _without_none(flags or {})))
     except (ValidationError, SettingsError) as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc

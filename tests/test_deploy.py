@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from pydantic import BaseModel
 
 from tensorgate.gateway.envoy import envoy_binary
 from tensorgate.server.commands.certs import create_dev_pki
-from tensorgate.server.config import ServerConfig, environment_values, load_config
+from tensorgate.server.config import TF_SERVING_VARIABLES, ServerConfig, environment_values, load_config
 from tensorgate.server.security.auth import write_key_file
 from tensorgate.server.security.principal import Principal
 from tensorgate.v1 import model_service_pb2
@@ -106,6 +107,31 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in logical]
 
 
+def image_environment(dockerfile: Path) -> dict[str, str]:
+    """The variables the ENV lines of a Dockerfile's last stage set (``KEY=value`` pairs)."""
+    variables: dict[str, str] = {}
+    for kind, args in instructions(dockerfile):
+        if kind == "FROM":
+            variables = {}
+        elif kind == "ENV":
+            variables |= dict(pair.split("=", 1) for pair in shlex.split(args))
+    return variables
+
+
+def configuration_variables(dockerfile: Path) -> dict[str, str]:
+    """The variables of the image that the configuration reads: TENSORGATE_* and TF Serving's."""
+    return {
+        name: value
+        for name, value in image_environment(dockerfile).items()
+        if name.startswith("TENSORGATE_") or name in TF_SERVING_VARIABLES
+    }
+
+
+def server_image(deployment: str) -> Path:
+    """The Dockerfile of the image a server Deployment runs."""
+    return DEPLOY / "docker" / ("server-gpu.Dockerfile" if deployment.endswith("-gpu") else "server.Dockerfile")
+
+
 def test_the_three_images_exist() -> None:
     assert [p.name for p in DOCKERFILES] == ["envoy.Dockerfile", "server-gpu.Dockerfile", "server.Dockerfile"]
 
@@ -137,10 +163,8 @@ def test_dockerfile_pins_its_base_copies_real_files_and_runs_unprivileged(docker
 @pytest.mark.parametrize(
     ("dockerfile", "extra"), [("server.Dockerfile", "server"), ("server-gpu.Dockerfile", "server-gpu")]
 )
-def test_server_images_run_the_server_alone(dockerfile: str, extra: str, mounted: Path) -> None:
+def test_server_images_install_the_server_and_expose_its_ports(dockerfile: str, extra: str, mounted: Path) -> None:
     steps = dict(instructions(DEPLOY / "docker" / dockerfile))  # of repeated instructions, the last one counts
-    assert json.loads(steps["ENTRYPOINT"]) == ["tensorgate", "serve", "--no-gateway"]  # Envoy runs apart
-    assert json.loads(steps["CMD"]) == ["--config", "/etc/tensorgate/config/tensorgate.toml"]
     installs = [args for kind, args in instructions(DEPLOY / "docker" / dockerfile) if kind == "RUN" and "pip" in args]
     assert any(f'".[{extra}]"' in args and "--no-cache-dir" in args for args in installs)
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -149,7 +173,35 @@ def test_server_images_run_the_server_alone(dockerfile: str, extra: str, mounted
     for folder in pyproject["tool"]["setuptools"]["package-dir"].values():  # each package folder, or one above it
         assert any(f"{folder}/".startswith(source) for source in copied if source.endswith("/")), folder
     config = kubernetes_server_config(mounted)
-    assert {int(p) for p in steps["EXPOSE"].split()} == {config.port, config.metrics_port, config.health_port}
+    alone = load_config(environ=image_environment(DEPLOY / "docker" / dockerfile))  # `docker run` (the test below)
+    assert {int(p) for p in steps["EXPOSE"].split()} == {
+        config.port,
+        config.metrics_port,
+        config.health_port,
+        alone.gateway_port,
+    }
+
+
+@pytest.mark.parametrize("dockerfile", ["server.Dockerfile", "server-gpu.Dockerfile"])
+def test_docker_run_serves_every_model_of_models_without_a_configuration_file(dockerfile: str) -> None:
+    """`docker run -p 8500:8500 -p 8080:8080 -v $PWD/models:/models IMAGE`: the image's command and environment
+    alone make a valid configuration that serves /models on every interface, in plaintext by an explicit opt-in."""
+    steps = dict(instructions(DEPLOY / "docker" / dockerfile))
+    assert json.loads(steps["ENTRYPOINT"]) == ["tensorgate", "serve"] and "CMD" not in steps  # no --config
+    environ = image_environment(DEPLOY / "docker" / dockerfile)
+    config = load_config(environ=environ)
+    assert config.host == "0.0.0.0" and config.gateway
+    assert config.model_repository == Path("/models") and config.model_name is None
+    assert config.allow_plaintext and config.exposed_plaintext() == ["tls", "gateway_tls"]
+    assert (config.port, config.gateway_port) == (8500, 8080)  # the README's docker run line
+    # TF Serving's variables: MODEL_NAME serves one model of MODEL_BASE_PATH (/models unless given).
+    one = load_config(environ={**environ, "MODEL_NAME": "mnist"})
+    assert (one.model_repository, one.model_name) == (Path("/models"), "mnist")
+    elsewhere = load_config(environ={**environ, "MODEL_BASE_PATH": "/srv/models", "MODEL_NAME": "mnist"})
+    assert (elsewhere.model_repository, elsewhere.model_name) == (Path("/srv/models"), "mnist")
+    # Without the opt-in, the same environment is refused rather than served in plaintext.
+    with pytest.raises(ValueError, match="configure tls"):
+        load_config(environ={**environ, "TENSORGATE_ALLOW_PLAINTEXT": "false"})
 
 
 def test_envoy_image_matches_the_tested_envoy_and_the_generated_config(mounted: Path) -> None:
@@ -239,14 +291,16 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
 
 
 def kubernetes_server_config(mounted: Path, deployment: str = "tensorgate-server") -> ServerConfig:
-    """The configuration of a server pod: the ConfigMap file its --config names, and its TENSORGATE_* variables."""
+    """The configuration of a server pod: the ConfigMap file its --config names, and the variables of its image and
+    its own."""
     pod = pod_spec(deployment)
     server = container(pod, "server")
     config_dir, config_key = server["args"][server["args"].index("--config") + 1].rsplit("/", 1)
     mounts = {m["mountPath"]: m["name"] for m in server["volumeMounts"]}
     (volume,) = [v for v in pod["volumes"] if v["name"] == mounts[config_dir]]
     configmap = kubernetes_objects()["ConfigMap", volume["configMap"]["name"]]
-    return effective_config(configmap["data"][config_key], env_of(server), mounted)
+    environ = {**image_environment(server_image(deployment)), **env_of(server)}
+    return effective_config(configmap["data"][config_key], environ, mounted)
 
 
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
@@ -355,6 +409,9 @@ def test_server_deployment_matches_its_configuration(deployment: str, mounted: P
     pod = pod_spec(deployment)
     server = container(pod, "server")
     config = kubernetes_server_config(mounted, deployment)
+    # The gRPC server alone (Envoy is a Deployment of its own), with TLS: the image's plaintext opt-in is off.
+    assert server["args"][0] == "--no-gateway" and "--config" in server["args"]
+    assert not config.allow_plaintext and config.tls.enabled and config.exposed_plaintext() == []
     assert {p["name"]: p["containerPort"] for p in server["ports"]} == {
         "grpc": config.port,
         "metrics": config.metrics_port,
@@ -497,8 +554,10 @@ def volumes_of(service: dict[str, Any]) -> dict[str, str]:
 
 def compose_server_config(mounted: Path) -> ServerConfig:
     server = compose_services()["server"]
-    source = volumes_of(server)["/etc/tensorgate/config/tensorgate.toml"]  # the server image's --config
-    environment = {key: str(value) for key, value in server["environment"].items()}
+    config_path = server["command"][server["command"].index("--config") + 1]
+    source = volumes_of(server)[config_path]
+    environment = {**image_environment(DEPLOY / "docker" / "server.Dockerfile")}
+    environment |= {key: str(value) for key, value in server["environment"].items()}
     return effective_config((DEPLOY / source).read_text(), environment, mounted)
 
 
@@ -534,6 +593,8 @@ def test_compose_matches_the_configuration(mounted: Path) -> None:
     config = compose_server_config(mounted)
     server, envoy = services["server"], services["envoy"]
     assert server["deploy"]["replicas"] == 2
+    assert server["command"][0] == "--no-gateway"  # Envoy is the envoy service
+    assert not config.allow_plaintext and config.tls.enabled and config.exposed_plaintext() == []
     assert {int(p) for p in server["expose"]} == {config.port, config.metrics_port, config.health_port}
     assert seconds(server["stop_grace_period"]) > config.drain_delay_s + config.shutdown_grace_s > 0
     check = server["healthcheck"]["test"][-1]

@@ -39,15 +39,25 @@ RUN groupadd --system --gid 10001 tensorgate \
     && useradd --system --uid 10001 --gid tensorgate --no-create-home --home-dir /tmp --shell /usr/sbin/nologin tensorgate
 COPY --from=build /opt/venv /opt/venv
 # HOME=/tmp and no bytecode: the root filesystem is read-only under Kubernetes, /tmp an emptyDir.
+# `docker run -v $PWD/models:/models IMAGE` needs no configuration file: every model of /models (MODEL_BASE_PATH,
+# as in TF Serving's image; -e MODEL_NAME=m serves /models/m alone), on every interface, in plaintext:
+# TENSORGATE_ALLOW_PLAINTEXT is that explicit opt-in, and serve logs a warning naming the plaintext listeners.
+# deploy/compose.yaml and deploy/kubernetes/ set TENSORGATE_ALLOW_PLAINTEXT=false and configure TLS.
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    MODEL_BASE_PATH=/models \
+    TENSORGATE_HOST=0.0.0.0 \
+    TENSORGATE_ALLOW_PLAINTEXT=true
 USER 10001:10001
 WORKDIR /tmp
-# 8500 gRPC (mTLS in production), 8502 Prometheus /metrics, 8510 the plaintext gRPC health port for probes.
-EXPOSE 8500 8502 8510
-ENTRYPOINT ["tensorgate", "serve", "--no-gateway"]
-CMD ["--config", "/etc/tensorgate/config/tensorgate.toml"]
+# 8500 gRPC (mTLS in production), 8080 Envoy when run alone, 8502 Prometheus /metrics, 8510 the plaintext
+# gRPC health port for probes.
+EXPOSE 8500 8080 8502 8510
+# `docker run ... IMAGE` serves gRPC on 8500 and, through the Envoy the server starts beside it, REST and gRPC on
+# 8080. Compose and Kubernetes run Envoy in a container of its own: their arguments are
+# `--no-gateway --config /etc/tensorgate/config/tensorgate.toml` (a mounted file, with TLS).
+ENTRYPOINT ["tensorgate", "serve"]

@@ -6,11 +6,12 @@
 # BuildKit (Docker's default builder) transfers only those from the context, so a working tree's .venv/,
 # node_modules/, models/ or certificates never reach the build.
 #
-# The image runs only the gRPC server (`--no-gateway`): Envoy runs in its own container
-# (envoy.Dockerfile), in front of every replica. Configuration comes from a mounted TOML file
-# (/etc/tensorgate/config/tensorgate.toml by default, see CMD), TENSORGATE_* variables and flags;
+# Alone (`docker run`), the image runs the gRPC server and Envoy (REST) beside it, configured by its environment
+# (below). In production (deploy/compose.yaml, deploy/kubernetes/) it runs only the gRPC server (`--no-gateway`),
+# Envoy runs in its own container (envoy.Dockerfile) in front of every replica, and configuration comes from a
+# mounted TOML file (`--config /etc/tensorgate/config/tensorgate.toml`), TENSORGATE_* variables and flags;
 # certificates, API keys and the JWKS are mounted under /etc/tensorgate/tls and /etc/tensorgate/auth,
-# the model repository at /models (deploy/compose.yaml, deploy/kubernetes/).
+# the model repository at /models.
 
 FROM python:3.11.13-slim-bookworm AS build
 # A virtual environment is one directory to copy into the runtime stage, without pip's build dependencies.
@@ -31,17 +32,27 @@ RUN groupadd --system --gid 10001 tensorgate \
 COPY --from=build /opt/venv /opt/venv
 # HOME=/tmp: libraries that keep a cache under ~ (Keras) write where Kubernetes mounts an emptyDir, since the
 # root filesystem is read-only there. No bytecode is written at run time for the same reason.
+# `docker run -v $PWD/models:/models IMAGE` needs no configuration file: every model of /models (MODEL_BASE_PATH,
+# as in TF Serving's image; -e MODEL_NAME=m serves /models/m alone), on every interface, in plaintext:
+# TENSORGATE_ALLOW_PLAINTEXT is that explicit opt-in, and serve logs a warning naming the plaintext listeners.
+# deploy/compose.yaml and deploy/kubernetes/ set TENSORGATE_ALLOW_PLAINTEXT=false and configure TLS.
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    TF_CPP_MIN_LOG_LEVEL=2
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    MODEL_BASE_PATH=/models \
+    TENSORGATE_HOST=0.0.0.0 \
+    TENSORGATE_ALLOW_PLAINTEXT=true
 USER 10001:10001
 WORKDIR /tmp
-# 8500 gRPC (mTLS in production), 8502 Prometheus /metrics, 8510 the plaintext gRPC health port for kubelet
-# probes. The health port is off unless the configuration sets health_port (the deployments set 8510).
-EXPOSE 8500 8502 8510
+# 8500 gRPC (mTLS in production), 8080 Envoy (REST and gRPC; not in production, where Envoy runs apart),
+# 8502 Prometheus /metrics, 8510 the plaintext gRPC health port for kubelet probes. The health port is off
+# unless the configuration sets health_port (the deployments set 8510).
+EXPOSE 8500 8080 8502 8510
 # No HEALTHCHECK: the health port is a choice of the configuration, and Kubernetes probes it itself;
 # deploy/compose.yaml declares a healthcheck with the port it configures.
-ENTRYPOINT ["tensorgate", "serve", "--no-gateway"]
-CMD ["--config", "/etc/tensorgate/config/tensorgate.toml"]
+# `docker run ... IMAGE` serves gRPC on 8500 and, through the Envoy the server starts beside it, REST and gRPC on
+# 8080. Compose and Kubernetes run Envoy in a container of its own: their arguments are
+# `--no-gateway --config /etc/tensorgate/config/tensorgate.toml` (a mounted file, with TLS).
+ENTRYPOINT ["tensorgate", "serve"]

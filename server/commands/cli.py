@@ -22,6 +22,8 @@ from tensorgate.server.config import ServerConfig, load_config
 from tensorgate.server.security.auth import hash_key, new_key, parse_key_file, write_key_file
 from tensorgate.server.security.principal import SCOPES, Principal
 
+log = logging.getLogger(__name__)
+
 # serve's flags in --help, group by group; each table of ServerConfig (tls, batching, ...) is a group of its own,
 # titled by its name and described by its field, shown after the group that lists it.
 FLAG_GROUPS: dict[str, tuple[str, ...]] = {
@@ -29,6 +31,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
         "host",
         "port",
         "model_repository",
+        "model_name",
         "poll_interval_s",
         "signature_name",
         "replicas",
@@ -224,6 +227,11 @@ def _serve(args: argparse.Namespace) -> int:
     config = config_of(args)
     worker = {} if args.worker_index is None else {"worker": args.worker_index}
     setup_logging(config.log_level, config.log_format, worker)
+    if args.worker_index is None and (plaintext := config.exposed_plaintext()):  # once per stack, not per server
+        log.warning(
+            "plaintext on a non-loopback address, as allow_plaintext permits",
+            extra={"fields": {"host": config.host, "listeners": plaintext}},
+        )
     repository = config.model_repository
     if args.train_if_empty and not (repository.is_dir() and any(p.is_dir() for p in repository.iterdir())):
         from tensorgate.server.reference.training import train_mnist
@@ -231,6 +239,8 @@ def _serve(args: argparse.Namespace) -> int:
         train_mnist(repository, REFERENCE_MODEL)
     if not repository.is_dir():
         raise FileNotFoundError(f"model repository {repository} does not exist (use --train-if-empty to create one)")
+    if config.model_name is not None and not (repository / config.model_name).is_dir():
+        raise FileNotFoundError(f"model {config.model_name} (model_name) is not a directory of {repository}")
     # The supervisor itself never imports TensorFlow: the server children do.
     if args.worker_index is None and (config.gateway or config.workers > 1):
         from tensorgate.gateway.supervisor import supervise

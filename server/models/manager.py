@@ -58,8 +58,10 @@ class ModelManager:
         defaults: ModelConfig,
         load: Loader,
         on_retire: RetireHook,
+        only: str | None = None,
     ) -> None:
         self._root = root
+        self._only = only  # the one model of the repository to serve (ServerConfig.model_name); None = every one
         self._registry = registry
         self._load_version = load
         self._on_retire = on_retire
@@ -74,7 +76,7 @@ class ModelManager:
     async def reconcile_all(self) -> None:
         """Bring every model in line with the repository."""
         async with self._lock:
-            on_disk = scan_repository(self._root)
+            on_disk = scan_repository(self._root, self._only)
             for model in self._registry.model_names():
                 if model not in on_disk:
                     await self._unload_versions(model, {v.version for v in self._registry.versions(model)})
@@ -157,7 +159,7 @@ class ModelManager:
             log.info("labels set", extra={"fields": {"model": model, "labels": labels}})
 
     def _on_disk(self, model: str) -> list[VersionPath]:
-        versions = scan_repository(self._root).get(model)
+        versions = scan_repository(self._root, self._only).get(model)
         if versions is None:
             self._registry.versions(model)  # NOT_FOUND with the list of models
             raise NotFoundError(f"model {quote(model)} is not in the repository")

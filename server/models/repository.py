@@ -9,7 +9,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+from tensorgate.server.config import MODEL_NAME_PATTERN
+
+MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
@@ -49,8 +51,8 @@ def is_complete(path: Path) -> bool:
     return any((path / name).is_file() for name in SAVED_MODEL_FILES)
 
 
-def scan_repository(root: Path) -> dict[str, list[VersionPath]]:
-    """Every model directory of ``root`` with its complete versions, oldest first.
+def scan_repository(root: Path, only: str | None = None) -> dict[str, list[VersionPath]]:
+    """Every model directory of ``root`` (or only the one named ``only``) with its complete versions, oldest first.
 
     Raises FileNotFoundError when ``root`` is not a directory. Directories whose
     names are not valid model names or positive version numbers are skipped.
@@ -59,7 +61,7 @@ def scan_repository(root: Path) -> dict[str, list[VersionPath]]:
         raise FileNotFoundError(f"model repository {root} is not a directory")
     models: dict[str, list[VersionPath]] = {}
     for model_dir in sorted(root.iterdir()):
-        if not model_dir.is_dir() or not MODEL_NAME.match(model_dir.name):
+        if not model_dir.is_dir() or not MODEL_NAME.match(model_dir.name) or only not in (None, model_dir.name):
             continue
         versions = [
             VersionPath(model_dir.name, number, child)

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,7 +145,7 @@ class Stack:
 
 
 def start_stack(
-    repository: Path,
+    repository: Path | None,
     log_path: Path,
     *extra: str,
     gateway: bool = False,
@@ -154,16 +154,20 @@ def start_stack(
     credentials: grpc.ChannelCredentials | None = None,
     gateway_ssl: ssl.SSLContext | None = None,
     append_log: bool = False,
+    environment: Mapping[str, str] | None = None,
 ) -> Stack:
     """`tensorgate serve` over ``repository`` on free loopback ports, ready: every replica SERVING and, with
     ``gateway``, Envoy answering and routing to every replica.
 
     ``credentials`` and ``gateway_ssl`` are how to reach a server port or a gateway that speaks TLS; with
     ``health_port`` the replicas also answer plaintext health checks on ports of their own, which readiness uses.
+    ``environment`` adds variables to the server's; a ``repository`` of None leaves the repository to them.
     Output goes to ``log_path`` (appended with ``append_log``); a stack that does not start is killed.
     """
     port, metrics_port = free_port_block(replicas), free_port_block(replicas)
-    command = [*CLI, "serve", "--model-repository", str(repository), "--port", str(port)]
+    command = [*CLI, "serve", "--port", str(port)]
+    if repository is not None:
+        command += ["--model-repository", str(repository)]
     command += ["--metrics-port", str(metrics_port), "--replicas", str(replicas)]
     stack_health_port = free_port_block(replicas) if health_port else 0
     if health_port:
@@ -173,7 +177,7 @@ def start_stack(
         command += ["--gateway-port", str(gateway_port), "--gateway-admin-port", str(admin_port)]
     else:
         command += ["--no-gateway"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **(environment or {}), "PYTHONUNBUFFERED": "1"}
     with log_path.open("ab" if append_log else "wb") as log:
         process = subprocess.Popen([*command, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
     stack = Stack(process, log_path, port, metrics_port, gateway_port, admin_port, stack_health_port)
