@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -25,12 +24,13 @@ from pydantic import BaseModel
 
 from tensorgate.gateway.envoy import envoy_binary
 from tensorgate.server.commands.certs import create_dev_pki
-from tensorgate.server.config import TF_SERVING_VARIABLES, ServerConfig, environment_values, load_config
+from tensorgate.server.config import ServerConfig, environment_values, load_config
 from tensorgate.server.security.auth import write_key_file
 from tensorgate.server.security.principal import Principal
 from tensorgate.v1 import model_service_pb2
 
 from conftest import ROOT
+from support.dockerfiles import image_environment, instructions
 from jwt_tokens import TokenIssuer
 
 DEPLOY = ROOT / "deploy"
@@ -92,39 +92,6 @@ def mounted_files(config: ServerConfig, mounted: Path, envoy: bool = True) -> se
 
 
 # --- Dockerfiles ---------------------------------------------------------------------------------------------------
-
-
-def instructions(dockerfile: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
-    logical, current = [], ""
-    for line in dockerfile.read_text().splitlines():
-        if line.lstrip().startswith("#") or not line.strip():
-            continue
-        current += line.rstrip("\\").strip() + " "
-        if not line.endswith("\\"):
-            logical.append(current.strip())
-            current = ""
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in logical]
-
-
-def image_environment(dockerfile: Path) -> dict[str, str]:
-    """The variables the ENV lines of a Dockerfile's last stage set (``KEY=value`` pairs)."""
-    variables: dict[str, str] = {}
-    for kind, args in instructions(dockerfile):
-        if kind == "FROM":
-            variables = {}
-        elif kind == "ENV":
-            variables |= dict(pair.split("=", 1) for pair in shlex.split(args))
-    return variables
-
-
-def configuration_variables(dockerfile: Path) -> dict[str, str]:
-    """The variables of the image that the configuration reads: TENSORGATE_* and TF Serving's."""
-    return {
-        name: value
-        for name, value in image_environment(dockerfile).items()
-        if name.startswith("TENSORGATE_") or name in TF_SERVING_VARIABLES
-    }
 
 
 def server_image(deployment: str) -> Path:
