@@ -1,4 +1,5 @@
-"""Configuration precedence: defaults < TOML file < TENSORGATE_* environment < flags."""
+"""Configuration precedence: defaults < TOML file < TF Serving's MODEL_* variables < TENSORGATE_* environment <
+flags."""
 
 from __future__ import annotations
 
@@ -50,8 +51,30 @@ def test_invalid_values_are_reported(tmp_path: Path, file_text: str, environ: di
 def test_plaintext_beyond_loopback_is_an_explicit_choice(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not loopback: configure tls"):
         load_config(flags={"host": "0.0.0.0"}, environ={})
-    assert load_config(flags={"host": "0.0.0.0", "allow_plaintext": "true"}, environ={}).allow_plaintext
+    opted_in = load_config(flags={"host": "0.0.0.0", "allow_plaintext": "true"}, environ={})
+    assert opted_in.allow_plaintext and opted_in.exposed_plaintext() == ["tls", "gateway_tls"]
+    assert load_config(
+        flags={"host": "0.0.0.0", "allow_plaintext": "true", "gateway": "false"}, environ={}
+    ).exposed_plaintext() == ["tls"]
+    assert load_config(environ={}).exposed_plaintext() == []  # loopback
     assert load_config(flags={"host": "::1"}, environ={}).host == "::1"
+
+
+def test_tf_serving_variables_choose_the_repository_and_one_model(tmp_path: Path) -> None:
+    file = tmp_path / "tensorgate.toml"
+    file.write_text('model_repository = "/from/file"\n')
+    tf_serving = {"MODEL_BASE_PATH": "/models", "MODEL_NAME": "mnist"}
+    config = load_config(file, environ=tf_serving)
+    assert (config.model_repository, config.model_name) == (Path("/models"), "mnist")
+    ours = {**tf_serving, "TENSORGATE_MODEL_REPOSITORY": "/srv", "TENSORGATE_MODEL_NAME": "scorer"}
+    assert load_config(environ=ours).model_name == "scorer"
+    assert load_config(flags={"model_name": "other"}, environ=ours).model_name == "other"
+    assert load_config(environ=ours).model_repository == Path("/srv")
+    # Empty variables are unset ones, as in a shell.
+    assert load_config(environ={"MODEL_NAME": "", "MODEL_BASE_PATH": ""}) == ServerConfig()
+    for name in ("../mnist", "a/b", ".hidden"):
+        with pytest.raises(ConfigError, match="model_name"):
+            load_config(environ={"MODEL_NAME": name})
 
 
 def test_tls_settings_are_checked_together(tmp_path: Path) -> None:

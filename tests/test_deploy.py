@@ -30,8 +30,8 @@ from tensorgate.server.security.principal import Principal
 from tensorgate.v1 import model_service_pb2
 
 from conftest import ROOT
-from support.dockerfiles import image_environment, instructions
 from jwt_tokens import TokenIssuer
+from support.dockerfiles import image_environment, instructions
 
 DEPLOY = ROOT / "deploy"
 DOCKERFILES = sorted((DEPLOY / "docker").glob("*.Dockerfile"))

@@ -224,3 +224,17 @@ def test_an_invalid_configuration_keeps_what_is_served(setup: Setup) -> None:
     run(setup.manager.reconcile_all)
     assert setup.available() == [1]
     assert ("m", 2) not in setup.loader.loads
+
+
+def test_one_model_of_the_repository_is_all_that_is_served(setup: Setup) -> None:
+    """ServerConfig.model_name (TF Serving's MODEL_NAME): the other models of the repository stay on disk."""
+    write_versions(setup.root, "m", 1)
+    write_versions(setup.root, "n", 1)
+    manager = ModelManager(
+        setup.root, setup.registry, "serving_default", ModelConfig(), setup.loader, setup.dataplane.retire, "m"
+    )
+    run(manager.reconcile_all)
+    assert setup.registry.model_names() == ["m"] and setup.available() == [1]
+    with pytest.raises(NotFoundError, match="'n'"):
+        run(lambda: manager.load("n", ""))
+    assert setup.registry.model_names() == ["m"]
