@@ -23,7 +23,7 @@ from pydantic.fields import FieldInfo
 from tensorgate.clients import cli as client_cli
 from tensorgate.clients.datasets import MnistData
 from tensorgate.server.commands.cli import argv_of_serve, build_parser, config_of, main
-from tensorgate.server.config import ENV_PREFIX, NESTED, ServerConfig, load_config
+from tensorgate.server.config import ENV_PREFIX, NESTED, TF_SERVING_VARIABLES, ServerConfig, load_config
 from tensorgate.server.security.auth import hash_key, parse_key_file
 from tensorgate.server.security.principal import SCOPES
 
@@ -339,8 +339,8 @@ def _as_text(value: Any) -> str:
 def permissive_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A configuration file under which any one setting may change alone: every TLS endpoint complete (so a
     non-loopback host, an mTLS port and a server behind Envoy all validate), JWTs with an issuer; no TENSORGATE_*
-    variable of the test's own environment."""
-    for name in [name for name in os.environ if name.startswith("TENSORGATE_")]:
+    or TF Serving variable of the test's own environment."""
+    for name in [name for name in os.environ if name.startswith("TENSORGATE_") or name in TF_SERVING_VARIABLES]:
         monkeypatch.delenv(name)
     lines = ['[jwt]\njwks_file = "{0}"\nissuer = "https://issuer"']
     lines += [f'[{table}]\ncert_file = "{{0}}"\nkey_file = "{{0}}"\nca_file = "{{0}}"' for table in TLS_TABLES]

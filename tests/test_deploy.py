@@ -160,7 +160,8 @@ def test_docker_run_serves_every_model_of_models_without_a_configuration_file(do
     assert config.host == "0.0.0.0" and config.gateway
     assert config.model_repository == Path("/models") and config.model_name is None
     assert config.allow_plaintext and config.exposed_plaintext() == ["tls", "gateway_tls"]
-    assert (config.port, config.gateway_port) == (8500, 8080)  # the README's docker run line
+    line = f"docker run -p {config.port}:{config.port} -p {config.gateway_port}:{config.gateway_port}"
+    assert f"{line} -v $PWD/models:{config.model_repository} " in (ROOT / "README.md").read_text()
     # TF Serving's variables: MODEL_NAME serves one model of MODEL_BASE_PATH (/models unless given).
     one = load_config(environ={**environ, "MODEL_NAME": "mnist"})
     assert (one.model_repository, one.model_name) == (Path("/models"), "mnist")
