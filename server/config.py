@@ -1,5 +1,6 @@
 """The server's one typed configuration: defaults, then a TOML file, then
-``TENSORGATE_*`` environment variables, then command-line flags.
+environment variables (TF Serving's ``MODEL_BASE_PATH``/``MODEL_NAME``, then
+``TENSORGATE_*``), then command-line flags.
 
 Every knob is a field of :class:`ServerConfig`; the ``serve`` command builds its
 flags from these fields, so a knob is documented once, here. pydantic-settings'

@@ -59,8 +59,8 @@ def test_the_image_environment_serves_every_mounted_model_over_grpc_and_rest(
         assert sorted(m.name for m in client.list_models()) == ["mnist", "scorer"]
         answers = client.predict("mnist", x)
     assert (answers.argmax(1) == mnist.y_test[:200]).mean() >= 0.9
-    body = {"inputs": {"keras_tensor": {"dtype": "DATA_TYPE_FLOAT32", "shape": [2, 28, 28]}}}
-    body["inputs"]["keras_tensor"]["floatValues"] = x[:2].ravel().tolist()  # type: ignore[index]
+    tensor = {"dtype": "DATA_TYPE_FLOAT32", "shape": [2, 28, 28], "floatValues": x[:2].ravel().tolist()}
+    body = {"inputs": {"keras_tensor": tensor}}
     request = urllib.request.Request(
         f"http://127.0.0.1:{container.gateway_port}/v1/models/mnist:predict",
         data=json.dumps(body).encode(),
