@@ -528,7 +528,8 @@ def tensorgate_target(repository: Path, name: str, *extra: str, connections: int
     """tensorgate without Envoy: the OIP service is on the server's own gRPC port."""
     port = free_port_block(16)  # room for --workers N taking metrics_port + i, as replicas do
     argv = [*CLI, "serve", "--model-repository", str(repository)]
-    argv += ["--gateway", "false", "--port", str(port), "--metrics-port", str(port + 8), *extra]
+    argv += ["--gateway", "false", "--port", str(port), "--metrics-port", str(port + 8)]
+    argv += ["--rest-port", str(port + 6), "--tfserving-rest-port", str(port + 7), *extra]
     one_process = "--workers" not in extra  # with workers, one metrics port sees only its own process
     return OipTarget(name, argv, port, metrics_port=port + 8 if one_process else None, connections=connections)
 

@@ -64,6 +64,8 @@ def replica_argv(config: ServerConfig, server_args: list[str], index: int) -> li
     argv += ["--replicas", "1", "--port", str(config.port + index), "--metrics-port", str(config.metrics_port + index)]
     if config.health_port:
         argv += ["--health-port", str(config.health_port + index)]
+    for flag, port in (("--rest-port", config.rest_port), ("--tfserving-rest-port", config.tfserving_rest_port)):
+        argv += [flag, str(port + index if port else 0)]
     return argv
 
 

@@ -138,6 +138,8 @@ class Stack:
     gateway_port: int = 0
     gateway_admin_port: int = 0
     health_port: int = 0
+    rest_port: int = 0  # the v2 REST API (replica i: + i)
+    tfserving_rest_port: int = 0  # TF Serving's REST API (replica i: + i)
 
     def stop(self, timeout_s: float = 60) -> int:
         """SIGTERM and the exit status once the server has drained."""
@@ -165,6 +167,8 @@ def start_stack(
     port, metrics_port = free_port_block(replicas), free_port_block(replicas)
     command = [*CLI, "serve", "--model-repository", str(repository), "--port", str(port)]
     command += ["--metrics-port", str(metrics_port), "--replicas", str(replicas)]
+    rest_port, tfserving_rest_port = free_port_block(replicas), free_port_block(replicas)
+    command += ["--rest-port", str(rest_port), "--tfserving-rest-port", str(tfserving_rest_port)]
     stack_health_port = free_port_block(replicas) if health_port else 0
     if health_port:
         command += ["--health-port", str(stack_health_port)]
@@ -176,7 +180,9 @@ def start_stack(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_path.open("ab" if append_log else "wb") as log:
         process = subprocess.Popen([*command, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
-    stack = Stack(process, log_path, port, metrics_port, gateway_port, admin_port, stack_health_port)
+    stack = Stack(
+        process, log_path, port, metrics_port, gateway_port, admin_port, stack_health_port, rest_port, tfserving_rest_port
+    )
     try:
         for replica in range(replicas):
             if health_port:
