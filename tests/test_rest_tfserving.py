@@ -42,7 +42,11 @@ def test_model_status(server: ServerProcess) -> None:
     [version] = broken["model_version_status"]
     assert status == 200 and version["state"] == "END" and version["status"]["error_code"] == "UNKNOWN"
     assert version["status"]["error_message"]
-    for path, message in (("nope", "not found"), ("mnist/versions/7", "no version 7"), ("mnist/labels/stable", "label")):
+    for path, message in (
+        ("nope", "not found"),
+        ("mnist/versions/7", "no version 7"),
+        ("mnist/labels/stable", "label"),
+    ):
         status, error = http(f"{url}/{path}")
         assert status == 404 and list(error) == ["error"] and message in error["error"], error
 
@@ -77,7 +81,9 @@ def test_mnist_test_set_equals_tensorgate_client(server: ServerProcess, mnist: M
     got = np.concatenate(answers)
     np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    print(f"TF Serving REST ({'columnar' if columnar else 'row'}): accuracy {(got.argmax(1) == mnist.y_test).mean():.4f}")
+    print(
+        f"TF Serving REST ({'columnar' if columnar else 'row'}): accuracy {(got.argmax(1) == mnist.y_test).mean():.4f}"
+    )
 
 
 def test_named_inputs_b64_and_versions(server: ServerProcess) -> None:
@@ -119,7 +125,12 @@ def mnist_row() -> list[list[float]]:
         ("mnist:predict", {"instances": [mnist_row(), [[0.0]]]}, 400, "rectangular"),
         ("mnist:predict", {"instances": [{"x": mnist_row()}]}, 400, "not in the signature"),
         ("scorer:predict", {"inputs": [[1.0, 2.0, 3.0]]}, 400, "name each input"),
-        ("scorer:predict", {"inputs": {"features": [[1, 2, 3]], "tag": [{"b64": "!!"}], "counts": [[1, 2]]}}, 400, "base64"),
+        (
+            "scorer:predict",
+            {"inputs": {"features": [[1, 2, 3]], "tag": [{"b64": "!!"}], "counts": [[1, 2]]}},
+            400,
+            "base64",
+        ),
         ("scorer:predict", {"inputs": {"features": [[1, 2, 3]], "tag": ["a"], "counts": [[1, 2**40]]}}, 400, "range"),
         ("nope:predict", {"instances": [1]}, 404, "not found"),
         ("mnist/versions/7:predict", {"instances": [mnist_row()]}, 404, "no version 7"),

@@ -180,9 +180,8 @@ def start_stack(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_path.open("ab" if append_log else "wb") as log:
         process = subprocess.Popen([*command, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
-    stack = Stack(
-        process, log_path, port, metrics_port, gateway_port, admin_port, stack_health_port, rest_port, tfserving_rest_port
-    )
+    stack = Stack(process, log_path, port, metrics_port, gateway_port, admin_port, stack_health_port)
+    stack.rest_port, stack.tfserving_rest_port = rest_port, tfserving_rest_port
     try:
         for replica in range(replicas):
             if health_port:
