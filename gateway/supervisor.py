@@ -157,6 +157,10 @@ def _log_started(config: ServerConfig, servers: list[ServerProcess], envoy: subp
     fields: dict[str, object] = {
         "grpc": [f"{config.host}:{config.port + i}" for i in replicas],
         "metrics": [f"http://{config.host}:{config.metrics_port + i}/metrics" for i in replicas],
+        "v2_rest": [f"{config.host}:{config.rest_port + i}" for i in replicas] if config.rest_port else [],
+        "tfserving_rest": [f"{config.host}:{config.tfserving_rest_port + i}" for i in replicas]
+        if config.tfserving_rest_port
+        else [],
         "workers": config.workers,
         "pids": pids,
     }

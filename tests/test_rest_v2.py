@@ -24,6 +24,7 @@ from tensorgate.clients.client import TensorgateClient
 from tensorgate.clients.datasets import MnistData
 
 from conftest import CLI, ServerProcess, mnist_inputs, start_server
+from support.processes import wait_until as wait_for
 
 BATCH = 1000
 SCORER_INPUTS = {
@@ -245,6 +246,31 @@ def test_calls_are_counted_like_grpc_ones(client: triton.InferenceServerClient, 
     before = server.metric("tensorgate_requests_total", **invalid)
     http(f"{server.rest_url}/v2/models/mnist/infer", "POST", b"{")
     assert server.metric("tensorgate_requests_total", **invalid) == before + 1
+
+
+def test_the_gateway_port_speaks_v2_rest(stack: ServerProcess, mnist: MnistData) -> None:
+    """Envoy passes /v2 to the REST ports as it is: tritonclient.http and the document's JSON work on the gateway
+    port, errors keep their v2 body, the access log records the calls, and tensorgate.v1's REST is still there."""
+    x = mnist_inputs(mnist.x_test[:200])
+    with TensorgateClient(stack.target) as own:
+        expected = own.predict("mnist", x)
+    client = triton.InferenceServerClient(stack.gateway_url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("mnist")
+    assert client.get_model_metadata("mnist")["inputs"][0]["shape"] == [-1, 28, 28]
+    got = client.infer("mnist", [infer_input("keras_tensor", x, "FP32")]).as_numpy("output_0")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    client.close()
+    body = {
+        "id": "g",
+        "inputs": [{"name": "keras_tensor", "shape": [2, 28, 28], "datatype": "FP32", "data": x[:2].tolist()}],
+    }
+    status, _, answer = http(f"{stack.gateway_url}/v2/models/mnist/versions/1/infer", "POST", body)
+    assert status == 200 and answer["id"] == "g", answer
+    np.testing.assert_allclose(np.array(answer["outputs"][0]["data"]).reshape(2, 10), expected[:2], rtol=1e-5)
+    status, _, error = http(f"{stack.gateway_url}/v2/models/nope/infer", "POST", body)
+    assert status == 404 and list(error) == ["error"], error
+    assert http(f"{stack.gateway_url}/v1/models/mnist", "GET")[0] == 200
+    wait_for(lambda: '"path":"/v2/models/mnist/versions/1/infer"' in stack.log(), stack.process, 60, "the access log")
 
 
 def test_same_authentication_as_grpc(repository: Path, tmp_path: Path) -> None:

@@ -30,7 +30,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 CLI = [sys.executable, "-m", "tensorgate.server.commands"]
 POLL_S = 0.1
 START_TIMEOUT_S = 120.0  # a cold start loads TensorFlow and warms every model up
-GATEWAY_CLUSTER = "tensorgate_grpc"  # Envoy's cluster of server replicas (gateway/envoy.yaml.tmpl)
+# Envoy's clusters of server replicas (gateway/envoy.py): their gRPC ports and their v2 REST ports.
+GATEWAY_CLUSTERS = ("tensorgate_grpc", "tensorgate_rest")
 
 
 def free_port() -> int:
@@ -107,7 +108,7 @@ def wait_until_http_ok(
 def wait_until_envoy_routes_to(
     admin_url: str, hosts: int, process: subprocess.Popen[bytes], timeout_s: float = 60
 ) -> None:
-    """Until Envoy's active health checks pass ``hosts`` replicas of the server cluster (its admin /clusters)."""
+    """Until Envoy's active health checks pass ``hosts`` replicas in each server cluster (its admin /clusters)."""
 
     def healthy() -> bool:
         try:
@@ -115,10 +116,8 @@ def wait_until_envoy_routes_to(
                 lines = response.read().decode().splitlines()
         except OSError:
             return False
-        return (
-            sum(line.startswith(GATEWAY_CLUSTER) and line.endswith("::health_flags::healthy") for line in lines)
-            >= hosts
-        )
+        passing = [line for line in lines if line.endswith("::health_flags::healthy")]
+        return all(sum(line.startswith(f"{name}::") for line in passing) >= hosts for name in GATEWAY_CLUSTERS)
 
     wait_until(healthy, process, timeout_s, f"Envoy routing to {hosts} healthy replica(s)")
 
