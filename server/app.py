@@ -88,7 +88,7 @@ async def serve(config: ServerConfig) -> None:
     server.add_generic_rpc_handlers(
         [
             *v1.handlers(corridor, manager),
-            *kserve_v2.handlers(corridor),
+            *kserve_v2.handlers(corridor, manager),
             *tfserving.handlers(corridor, config.max_tensor_elements),
         ]
     )

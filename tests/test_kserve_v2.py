@@ -12,15 +12,17 @@ import contextlib
 import queue
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from google.protobuf import descriptor_pb2
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tensorgate.clients.client import TensorgateClient
@@ -69,7 +71,7 @@ def assert_same_answers(got: np.ndarray, expected: np.ndarray, labels: np.ndarra
 
 def test_vendored_protocol_is_tritons_on_the_wire() -> None:
     """Every message, field number and type, and every method of our copy (from the descriptor set Envoy reads)
-    is the same in tritonclient's own descriptors."""
+    is the same in tritonclient's own descriptors; our model_config.proto is all of Triton's."""
     ours = descriptor_pb2.FileDescriptorSet.FromString((ROOT / "gateway" / "tensorgate.binpb").read_bytes())
     [vendored] = [f for f in ours.file if f.name == "tensorgate/compat/kserve_v2/grpc_service.proto"]
     upstream = descriptor_pb2.FileDescriptorProto.FromString(service_pb2.DESCRIPTOR.serialized_pb)
@@ -92,7 +94,19 @@ def test_vendored_protocol_is_tritons_on_the_wire() -> None:
         "ModelMetadata",
         "ModelInfer",
         "ModelStreamInfer",
+        "ModelConfig",
+        "ModelStatistics",
+        "RepositoryIndex",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
     }
+    [config] = [f for f in ours.file if f.name == "tensorgate/compat/kserve_v2/model_config.proto"]
+    upstream_config = descriptor_pb2.FileDescriptorProto.FromString(model_config_pb2.DESCRIPTOR.serialized_pb)
+    assert config.package == upstream_config.package
+    assert [m.name for m in config.message_type] == [m.name for m in upstream_config.message_type]
+    for message, theirs in zip(config.message_type, upstream_config.message_type, strict=True):
+        assert_same_message(message, theirs)
+    assert [enum_values(e) for e in config.enum_type] == [enum_values(e) for e in upstream_config.enum_type]
 
 
 def assert_same_message(ours: descriptor_pb2.DescriptorProto, theirs: descriptor_pb2.DescriptorProto) -> None:
@@ -100,9 +114,14 @@ def assert_same_message(ours: descriptor_pb2.DescriptorProto, theirs: descriptor
         return {(f.name, f.number, f.type, f.label, f.type_name, f.HasField("oneof_index")) for f in message.field}
 
     assert fields(ours) == fields(theirs), ours.name
-    nested = {m.name: m for m in theirs.nested_type}
-    for message in ours.nested_type:
-        assert_same_message(message, nested[message.name])
+    assert [enum_values(e) for e in ours.enum_type] == [enum_values(e) for e in theirs.enum_type], ours.name
+    assert [m.name for m in ours.nested_type] == [m.name for m in theirs.nested_type], ours.name
+    for message, nested in zip(ours.nested_type, theirs.nested_type, strict=True):
+        assert_same_message(message, nested)
+
+
+def enum_values(enum: descriptor_pb2.EnumDescriptorProto) -> tuple[str, list[tuple[str, int]]]:
+    return enum.name, [(value.name, value.number) for value in enum.value]
 
 
 def test_health_and_server_metadata(client: triton.InferenceServerClient) -> None:
@@ -264,8 +283,96 @@ def test_malformed_requests_are_invalid_argument(server: ServerProcess) -> None:
 
 def test_tritons_other_methods_are_unimplemented(client: triton.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException) as raised:
-        client.get_model_config("mnist")
+        client.get_system_shared_memory_status()
     assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
+
+
+def test_model_config_of_the_default_configuration(client: triton.InferenceServerClient) -> None:
+    """Batched models show dims without the batch dimension (BYTES as Triton's TYPE_STRING, a per-example scalar
+    as no dims); the server's default batching; the default version policy."""
+    mnist = client.get_model_config("mnist").config
+    assert (mnist.name, mnist.platform, mnist.backend, mnist.max_batch_size) == (
+        "mnist",
+        "tensorflow_savedmodel",
+        "tensorflow",
+        256,
+    )
+    assert [(i.name, model_config_pb2.DataType.Name(i.data_type), list(i.dims)) for i in mnist.input] == [
+        ("keras_tensor", "TYPE_FP32", [28, 28])
+    ]
+    assert [(o.name, model_config_pb2.DataType.Name(o.data_type), list(o.dims)) for o in mnist.output] == [
+        ("output_0", "TYPE_FP32", [10])
+    ]
+    batching = mnist.dynamic_batching
+    assert (list(batching.preferred_batch_size), batching.max_queue_delay_microseconds) == ([], 0)
+    assert batching.default_queue_policy.max_queue_size == 1024
+    assert mnist.version_policy.latest.num_versions == 1
+    scorer = client.get_model_config("scorer", "1").config
+    types = {i.name: (model_config_pb2.DataType.Name(i.data_type), list(i.dims)) for i in scorer.input}
+    assert types == {"features": ("TYPE_FP64", [3]), "tag": ("TYPE_STRING", []), "counts": ("TYPE_INT32", [2])}
+
+
+def statistics(client: triton.InferenceServerClient, model: str, version: str = "") -> service_pb2.ModelStatistics:
+    [model_statistics] = client.get_inference_statistics(model, version).model_stats
+    return model_statistics
+
+
+def test_model_statistics_count_exactly_the_requests_sent(client: triton.InferenceServerClient) -> None:
+    """Sequential requests of 1, 3 and 5 images: three model calls of those batch sizes, nine inferences; a
+    request the signature refuses counts as failed."""
+    before, sent_ms = statistics(client, "mnist"), time.time_ns() // 1_000_000
+    for size in (1, 3, 5):
+        client.infer("mnist", [infer_input("keras_tensor", np.zeros((size, 28, 28), np.float32), "FP32")])
+    with pytest.raises(InferenceServerException):
+        client.infer("mnist", [infer_input("keras_tensor", np.zeros((1, 28, 27), np.float32), "FP32")])
+    after = statistics(client, "mnist", "1")
+    assert (after.name, after.version) == ("mnist", "1")
+    assert after.inference_count - before.inference_count == 9
+    assert after.execution_count - before.execution_count == 3
+    assert after.last_inference >= sent_ms
+    stats_before, stats_after = before.inference_stats, after.inference_stats
+    for kind, grown in (("success", 3), ("fail", 1), ("queue", 3), ("compute_input", 3), ("compute_infer", 3)):
+        was, now = getattr(stats_before, kind), getattr(stats_after, kind)
+        assert (now.count - was.count, now.ns > was.ns) == (grown, True), kind
+    assert stats_after.compute_output.count - stats_before.compute_output.count == 3
+    calls_before = {b.batch_size: b.compute_infer.count for b in before.batch_stats}
+    calls_after = {b.batch_size: b.compute_infer.count for b in after.batch_stats}
+    assert {size: calls_after[size] - calls_before.get(size, 0) for size in (1, 3, 5)} == {1: 1, 3: 1, 5: 1}
+    every_model = client.get_inference_statistics().model_stats
+    assert sorted((s.name, s.version) for s in every_model) == [("mnist", "1"), ("scorer", "1")]
+
+
+def test_repository_index(client: triton.InferenceServerClient, server: ServerProcess) -> None:
+    index = client.get_model_repository_index().models
+    assert [(m.name, m.version, m.state) for m in index] == [
+        ("broken", "1", "UNAVAILABLE"),
+        ("empty", "", "UNAVAILABLE"),
+        ("mnist", "1", "READY"),
+        ("scorer", "1", "READY"),
+    ]
+    assert "SavedModel" in index[0].reason and index[1].reason == "unloaded"
+    with grpc.insecure_channel(server.target) as channel:  # tritonclient cannot ask for the ready ones only
+        ready = service_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(
+            service_pb2.RepositoryIndexRequest(ready=True), timeout=10
+        )
+    assert [(m.name, m.state) for m in ready.models] == [("mnist", "READY"), ("scorer", "READY")]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda client: client.get_model_config("nope"),
+        lambda client: client.get_model_config("mnist", "9"),
+        lambda client: client.get_inference_statistics("nope"),
+        lambda client: client.get_inference_statistics("mnist", "9"),
+        lambda client: client.load_model("nope"),
+        lambda client: client.unload_model("nope"),
+    ],
+)
+def test_unknown_models_are_not_found(client: triton.InferenceServerClient, call: Any) -> None:
+    with pytest.raises(InferenceServerException) as raised:
+        call(client)
+    assert raised.value.status() == "StatusCode.NOT_FOUND"
 
 
 def test_calls_are_counted_like_tensorgates_own(client: triton.InferenceServerClient, server: ServerProcess) -> None:

@@ -20,9 +20,11 @@ How tensorgate answers where the protocol leaves it open:
   response with ``error_message`` set (and its id in ``infer_response``) and the
   stream goes on, as Triton does.
 * request and tensor parameters are ignored, but for shared-memory inputs, which
-  are refused; Triton's other methods (ModelConfig, statistics, repository,
-  shared memory, trace, logging) are not in the vendored service, so gRPC answers
-  them UNIMPLEMENTED.
+  are refused; Triton's shared-memory, trace and logging methods are not in the
+  vendored service, so gRPC answers them UNIMPLEMENTED.
+* Triton's extensions (ModelConfig, ModelStatistics, RepositoryIndex,
+  RepositoryModelLoad/Unload) are answered by ``triton_extensions``, which the
+  REST side shares; its docstring says how tensorgate's models map onto them.
 """
 
 from __future__ import annotations
@@ -32,13 +34,23 @@ import importlib.metadata
 import grpc
 
 from tensorgate.compat.kserve_v2.grpc_service_pb2 import (
+    ModelConfigRequest,
+    ModelConfigResponse,
     ModelInferRequest,
     ModelInferResponse,
     ModelMetadataRequest,
     ModelMetadataResponse,
     ModelReadyRequest,
     ModelReadyResponse,
+    ModelStatisticsRequest,
+    ModelStatisticsResponse,
     ModelStreamInferResponse,
+    RepositoryIndexRequest,
+    RepositoryIndexResponse,
+    RepositoryModelLoadRequest,
+    RepositoryModelLoadResponse,
+    RepositoryModelUnloadRequest,
+    RepositoryModelUnloadResponse,
     ServerLiveRequest,
     ServerLiveResponse,
     ServerMetadataRequest,
@@ -47,14 +59,15 @@ from tensorgate.compat.kserve_v2.grpc_service_pb2 import (
     ServerReadyResponse,
 )
 from tensorgate.server.errors import NotFoundError, UnavailableError
+from tensorgate.server.models.manager import ModelManager
 from tensorgate.server.models.registry import ModelRegistry, VersionState
 from tensorgate.server.protocols.kserve_v2_codec import datatype_of, decode_inputs, encode_outputs
 from tensorgate.server.protocols.methods import KSERVE_V2
 from tensorgate.server.protocols.rpc import Call, Corridor, Failure, Stream
+from tensorgate.server.protocols.triton_extensions import PLATFORM, TritonExtensions
 from tensorgate.server.runtimes.signature import TensorInfo
 
 SERVER_NAME = "tensorgate"
-PLATFORM = "tensorflow_savedmodel"  # Triton's name for the platform of a SavedModel
 
 
 def _tensor_metadata(info: TensorInfo) -> ModelMetadataResponse.TensorMetadata:
@@ -66,8 +79,9 @@ def _tensor_metadata(info: TensorInfo) -> ModelMetadataResponse.TensorMetadata:
 class KServeV2Servicer:
     """inference.GRPCInferenceService over the registry and data plane that tensorgate.v1 uses."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, triton: TritonExtensions) -> None:
         self._registry = registry
+        self._triton = triton
         self._version = importlib.metadata.version("tensorgate")
 
     async def server_live(self, request: ServerLiveRequest, call: Call) -> ServerLiveResponse:
@@ -115,6 +129,27 @@ class KServeV2Servicer:
     async def model_stream_infer(self, request: ModelInferRequest, call: Call) -> ModelStreamInferResponse:
         return ModelStreamInferResponse(infer_response=await self.model_infer(request, call))
 
+    async def model_config(self, request: ModelConfigRequest, call: Call) -> ModelConfigResponse:
+        return ModelConfigResponse(config=self._triton.config(call, request.name, request.version))
+
+    async def model_statistics(self, request: ModelStatisticsRequest, call: Call) -> ModelStatisticsResponse:
+        return self._triton.statistics(call, request.name, request.version)
+
+    async def repository_index(self, request: RepositoryIndexRequest, call: Call) -> RepositoryIndexResponse:
+        return self._triton.index(call, request.ready)
+
+    async def repository_model_load(
+        self, request: RepositoryModelLoadRequest, call: Call
+    ) -> RepositoryModelLoadResponse:
+        await self._triton.load(call, request.model_name, request.parameters)
+        return RepositoryModelLoadResponse()
+
+    async def repository_model_unload(
+        self, request: RepositoryModelUnloadRequest, call: Call
+    ) -> RepositoryModelUnloadResponse:
+        await self._triton.unload(call, request.model_name, request.parameters)
+        return RepositoryModelUnloadResponse()
+
     @staticmethod
     def stream_error(request: ModelInferRequest | None, failed: Failure) -> ModelStreamInferResponse:
         """Triton's in-stream error: ``error_message`` set, the request's id in ``infer_response``."""
@@ -124,9 +159,10 @@ class KServeV2Servicer:
         return response
 
 
-def handlers(corridor: Corridor) -> list[grpc.GenericRpcHandler]:
+def handlers(corridor: Corridor, manager: ModelManager) -> list[grpc.GenericRpcHandler]:
     """The service's method handlers, through the corridor."""
-    servicer = KServeV2Servicer(corridor.registry)
+    triton = TritonExtensions(corridor.registry, corridor.dataplane.statistics, manager)
+    servicer = KServeV2Servicer(corridor.registry, triton)
     unary = {
         "ServerLive": (ServerLiveRequest, servicer.server_live),
         "ServerReady": (ServerReadyRequest, servicer.server_ready),
@@ -134,6 +170,11 @@ def handlers(corridor: Corridor) -> list[grpc.GenericRpcHandler]:
         "ServerMetadata": (ServerMetadataRequest, servicer.server_metadata),
         "ModelMetadata": (ModelMetadataRequest, servicer.model_metadata),
         "ModelInfer": (ModelInferRequest, servicer.model_infer),
+        "ModelConfig": (ModelConfigRequest, servicer.model_config),
+        "ModelStatistics": (ModelStatisticsRequest, servicer.model_statistics),
+        "RepositoryIndex": (RepositoryIndexRequest, servicer.repository_index),
+        "RepositoryModelLoad": (RepositoryModelLoadRequest, servicer.repository_model_load),
+        "RepositoryModelUnload": (RepositoryModelUnloadRequest, servicer.repository_model_unload),
     }
     stream = Stream(ModelInferRequest, servicer.model_stream_infer, servicer.stream_error)
     return [corridor.service(KSERVE_V2, unary, {"ModelStreamInfer": stream})]

@@ -22,6 +22,11 @@ Two things adapt to what is measured, never to a guess:
 A full queue refuses at once (RESOURCE_EXHAUSTED with a retry hint) instead
 of blocking; requests whose caller cancelled or whose deadline passed are
 dropped before the model sees them.
+
+Each batch feeds the Prometheus metrics and the version's ``VersionStatistics``
+(Triton's statistics: queue time, and the time spent preparing the inputs, in
+the model call and handing out the outputs, per batch size) with the same
+measurements.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from tensorgate.server.errors import DeadlineExceededError, ResourceExhaustedErr
 from tensorgate.server.observability import metrics
 from tensorgate.server.observability.tracing import child_span, tracer
 from tensorgate.server.runtimes.signature import Servable
+from tensorgate.server.serving.statistics import VersionStatistics
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +83,13 @@ class Batcher:
         config: BatchingConfig,
         executor: Executor,
         workers: int,
+        statistics: VersionStatistics,
     ) -> None:
         self._servable = servable
+        self.statistics = statistics
         self._config = config
         self._executor = executor
-        self._max_batch = config.max_batch_size if config.enabled and _batchable(servable) else 1
+        self._max_batch = config.max_batch_size if config.enabled and batchable(servable) else 1
         self._max_delay_s = config.max_queue_delay_us / 1e6 if self._max_batch > 1 else 0.0
         self._adaptive_delay_s = config.adaptive_delay_us / 1e6 if self._max_batch > 1 else 0.0
         self._queue: deque[_Request] = deque()
@@ -270,8 +278,12 @@ class Batcher:
         try:
             started = time.monotonic()
             examples = sum(r.size for r in batch)
+            queued_s = 0.0
             for request in batch:
-                self._queue_seconds.observe(started - request.enqueued)
+                waited = started - request.enqueued
+                self._queue_seconds.observe(waited)
+                queued_s += waited
+            self.statistics.queued(len(batch), int(queued_s * 1e9))
             links = _trace_queue_waits(batch, examples, self._version)
             try:
                 # A batch is traced when one of its requests is: its span links to each of them.
@@ -281,7 +293,7 @@ class Batcher:
                     else nullcontext()
                 )
                 with batch_span:
-                    outputs = await self._run([r.inputs for r in batch], examples, inline)
+                    outputs, input_ns, infer_ns = await self._run([r.inputs for r in batch], examples, inline)
             except Exception as exc:
                 if len(batch) == 1:
                     _fail(batch[0], exc)
@@ -289,25 +301,35 @@ class Batcher:
                 # One request can break a merged call; run each alone so that only it fails.
                 for request in batch:
                     try:
-                        _answer(request, await self._run([request.inputs], request.size, inline))
+                        outputs, input_ns, infer_ns = await self._run([request.inputs], request.size, inline)
                     except Exception as alone_exc:
                         _fail(request, alone_exc)
+                        continue
+                    answered = time.perf_counter_ns()
+                    _answer(request, outputs)
+                    self.statistics.executed(request.size, 1, input_ns, infer_ns, time.perf_counter_ns() - answered)
                 return
             elapsed = time.monotonic() - started
             self._recent_batch_s = 0.8 * self._recent_batch_s + 0.2 * elapsed
+            answered = time.perf_counter_ns()
             offset = 0
             for request in batch:
                 _answer(request, {name: value[offset : offset + request.size] for name, value in outputs.items()})
                 offset += request.size
+            self.statistics.executed(examples, len(batch), input_ns, infer_ns, time.perf_counter_ns() - answered)
         finally:
             self._free_workers.release()
 
-    async def _run(self, parts: list[Mapping[str, np.ndarray]], examples: int, inline: bool) -> Outputs:
+    async def _run(
+        self, parts: list[Mapping[str, np.ndarray]], examples: int, inline: bool
+    ) -> tuple[Outputs, int, int]:
         """One model call on the concatenated parts, padded to a preferred size when configured, on the event loop
-        (``inline``) or on the worker pool.
+        (``inline``) or on the worker pool; its outputs, and the nanoseconds spent preparing its inputs and in the
+        call itself.
 
         Outputs are cut back to ``examples`` rows when padding was added.
         """
+        preparing = time.perf_counter_ns()
         if len(parts) == 1:
             inputs = dict(parts[0])
         else:
@@ -315,6 +337,7 @@ class Batcher:
         padded = _padded_size(examples, self._config.preferred_batch_sizes) if self._max_batch > 1 else examples
         if padded > examples:
             inputs = {name: _pad(value, padded) for name, value in inputs.items()}
+        input_ns = time.perf_counter_ns() - preparing
         with child_span("model", attributes={"tensorgate.padded_batch_size": padded}):
             if inline:
                 outputs, seconds = _timed_call(self._servable, inputs)
@@ -329,7 +352,7 @@ class Batcher:
         self._examples.inc(examples)
         if padded > examples:
             outputs = {name: value[:examples] for name, value in outputs.items()}
-        return outputs
+        return outputs, input_ns, int(seconds * 1e9)
 
 
 def _timed_call(servable: Servable, inputs: dict[str, np.ndarray]) -> tuple[Outputs, float]:
@@ -354,7 +377,7 @@ def _trace_queue_waits(batch: list[_Request], examples: int, version: str) -> li
     return links
 
 
-def _batchable(servable: Servable) -> bool:
+def batchable(servable: Servable) -> bool:
     """Merging needs a batch dimension of any size first in every input and output."""
     tensors = [*servable.signature.inputs.values(), *servable.signature.outputs.values()]
     return all(t.shape is not None and len(t.shape) > 0 and t.shape[0] == -1 for t in tensors)

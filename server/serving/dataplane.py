@@ -6,7 +6,9 @@ version the registry resolved for a request, then decodes its tensors, then call
 that an overloaded model refuses a request before any work is spent on its
 tensors. Each model version gets its own batcher, created on its first
 request, whose model calls run on the shared bounded worker pool so that the
-event loop keeps answering.
+event loop keeps answering. Every request admitted counts in its version's
+``statistics`` (Triton's success and fail counts and durations; the batcher
+adds the queue and compute times).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tensorgate.server.models.registry import AvailableVersion, ModelVersion
 from tensorgate.server.observability.tracing import child_span
 from tensorgate.server.security.rate_limit import RateLimiter
 from tensorgate.server.serving.batching import Batcher
+from tensorgate.server.serving.statistics import Statistics
 from tensorgate.server.serving.validation import Limits, validate_inputs, validate_output_filter
 
 
@@ -61,6 +64,7 @@ class DataPlane:
         self._examples_limiter = examples_limiter
         # Keyed by the servable too: a reloaded copy of a version gets a batcher of its own.
         self._batchers: dict[tuple[str, int, int], Batcher] = {}
+        self.statistics = Statistics()
 
     def admit(self, version: AvailableVersion, caller: str | None = None) -> Admission:
         """A request for ``version`` let in, if its queue has room (RESOURCE_EXHAUSTED with a retry delay when it
@@ -83,14 +87,21 @@ class DataPlane:
         deadline passes while it is queued is dropped before the model runs.
         Cancelling the awaiting task withdraws a request that is still queued.
         """
-        signature = admission.version.servable.signature
-        with child_span("validate"):
-            size = validate_inputs(signature, inputs, self._limits)
-            validate_output_filter(signature, output_filter)
-        if self._examples_limiter is not None and admission.caller is not None and size > 1:
-            self._examples_limiter.charge(admission.caller, size - 1)
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        outputs = await admission.batcher.predict(inputs, size, deadline)
+        started = time.perf_counter_ns()
+        statistics = admission.batcher.statistics
+        try:
+            signature = admission.version.servable.signature
+            with child_span("validate"):
+                size = validate_inputs(signature, inputs, self._limits)
+                validate_output_filter(signature, output_filter)
+            if self._examples_limiter is not None and admission.caller is not None and size > 1:
+                self._examples_limiter.charge(admission.caller, size - 1)
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            outputs = await admission.batcher.predict(inputs, size, deadline)
+        except BaseException:  # a cancelled request counts too: it got no answer
+            statistics.failed(time.perf_counter_ns() - started)
+            raise
+        statistics.succeeded(size, time.perf_counter_ns() - started, time.time_ns())
         if output_filter:
             outputs = {name: outputs[name] for name in output_filter}
         target = admission.version
@@ -119,6 +130,7 @@ class DataPlane:
                 version.config.batching,
                 self._executor,
                 self._workers,
+                self.statistics.version(version.model, version.version),
             )
             self._batchers[key] = batcher
         return batcher

@@ -54,6 +54,8 @@ def test_scopes_public_methods_and_admin_methods() -> None:
         "UnloadModel",
         "ReloadModel",
         "SetModelLabels",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
     }
     assert set(methods.public_paths()) == {
         "/inference.GRPCInferenceService/ServerLive",

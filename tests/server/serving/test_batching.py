@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from tensorgate.server.config import BatchingConfig
 from tensorgate.server.errors import DeadlineExceededError, ResourceExhaustedError
 from tensorgate.server.serving.batching import Batcher
+from tensorgate.server.serving.statistics import VersionStatistics
 
 from support.fakes import FakeServable, float_signature
 
@@ -32,7 +33,7 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 
 def batcher(model: FakeServable, executor: ThreadPoolExecutor, name: str = "fake", **config: object) -> Batcher:
     settings = BatchingConfig.model_validate({"max_batch_size": 64, **config})
-    return Batcher(name, 1, model, settings, executor, workers=1)
+    return Batcher(name, 1, model, settings, executor, workers=1, statistics=VersionStatistics(name, 1))
 
 
 def rows(value: float, count: int = 1, width: int = 2) -> dict[str, np.ndarray]:

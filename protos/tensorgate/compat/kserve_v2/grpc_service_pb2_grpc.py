@@ -74,6 +74,31 @@ class GRPCInferenceServiceStub:
                 request_serializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
                 _registered_method=True)
+        self.ModelConfig = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelConfig',
+                request_serializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+                _registered_method=True)
+        self.ModelStatistics = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelStatistics',
+                request_serializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+                _registered_method=True)
+        self.RepositoryIndex = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryIndex',
+                request_serializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelLoad = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelLoad',
+                request_serializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryModelLoadRequest.SerializeToString,
+                response_deserializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryModelLoadResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelUnload = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelUnload',
+                request_serializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryModelUnloadRequest.SerializeToString,
+                response_deserializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryModelUnloadResponse.FromString,
+                _registered_method=True)
 
 
 class GRPCInferenceServiceServicer:
@@ -161,6 +186,62 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelConfig(self, request, context):
+        """@@  .. cpp:var:: rpc ModelConfig(ModelConfigRequest) returns
+        @@       (ModelConfigResponse)
+        @@
+        @@     Get model configuration.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelStatistics(self, request, context):
+        """@@  .. cpp:var:: rpc ModelStatistics(
+        @@                     ModelStatisticsRequest)
+        @@                   returns (ModelStatisticsResponse)
+        @@
+        @@     Get the cumulative inference statistics for a model.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryIndex(self, request, context):
+        """@@  .. cpp:var:: rpc RepositoryIndex(RepositoryIndexRequest) returns
+        @@       (RepositoryIndexResponse)
+        @@
+        @@     Get the index of model repository contents.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelLoad(self, request, context):
+        """@@  .. cpp:var:: rpc RepositoryModelLoad(RepositoryModelLoadRequest) returns
+        @@       (RepositoryModelLoadResponse)
+        @@
+        @@     Load or reload a model from a repository.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelUnload(self, request, context):
+        """@@  .. cpp:var:: rpc RepositoryModelUnload(RepositoryModelUnloadRequest)
+        @@       returns (RepositoryModelUnloadResponse)
+        @@
+        @@     Unload a model.
+        @@
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +279,31 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelStreamInfer,
                     request_deserializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelInferRequest.FromString,
                     response_serializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelStreamInferResponse.SerializeToString,
+            ),
+            'ModelConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelConfig,
+                    request_deserializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelConfigRequest.FromString,
+                    response_serializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
+            ),
+            'ModelStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelStatistics,
+                    request_deserializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelStatisticsResponse.SerializeToString,
+            ),
+            'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryIndex,
+                    request_deserializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryIndexResponse.SerializeToString,
+            ),
+            'RepositoryModelLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelLoad,
+                    request_deserializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryModelLoadRequest.FromString,
+                    response_serializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryModelLoadResponse.SerializeToString,
+            ),
+            'RepositoryModelUnload': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelUnload,
+                    request_deserializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryModelUnloadRequest.FromString,
+                    response_serializer=tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryModelUnloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,6 +500,141 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelStreamInfer',
             tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
             tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelConfig',
+            tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+            tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelStatistics',
+            tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+            tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryIndex',
+            tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+            tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryModelLoad',
+            tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryModelLoadRequest.SerializeToString,
+            tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryModelLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelUnload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryModelUnload',
+            tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryModelUnloadRequest.SerializeToString,
+            tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2.RepositoryModelUnloadResponse.FromString,
             options,
             channel_credentials,
             insecure,
