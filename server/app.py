@@ -39,6 +39,7 @@ from tensorgate.server.protocols.rest import http as rest
 from tensorgate.server.protocols.rest.kserve_v2 import KServeV2Rest
 from tensorgate.server.protocols.rest.tfserving import TFServingRest
 from tensorgate.server.protocols.rpc import CallLimits, Corridor
+from tensorgate.server.protocols.triton_extensions import TritonExtensions
 from tensorgate.server.runtimes.devices import configure_tensorflow
 from tensorgate.server.security.auth import ApiKeyStore, Authenticator
 from tensorgate.server.security.jwt_auth import JwtVerifier
@@ -125,7 +126,7 @@ async def serve(config: ServerConfig) -> None:
     health_server = (
         await start_health_server(health, config.host, config.health_port, shared_ports) if config.health_port else None
     )
-    rest_runners = await start_rest_ports(config, corridor, shared_ports)
+    rest_runners = await start_rest_ports(config, corridor, manager, shared_ports)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -176,11 +177,14 @@ async def start_health_server(health: HealthServicer, host: str, port: int, shar
     return server
 
 
-async def start_rest_ports(config: ServerConfig, corridor: Corridor, shared: bool) -> list[web.AppRunner]:
+async def start_rest_ports(
+    config: ServerConfig, corridor: Corridor, manager: ModelManager, shared: bool
+) -> list[web.AppRunner]:
     """The REST APIs on their ports (those not 0), on this loop and through the same corridor as gRPC, with the
     gRPC port's TLS; their runners stop them, letting requests in flight finish within the shutdown grace."""
+    triton = TritonExtensions(corridor.registry, corridor.dataplane.statistics, manager)
     sides = [
-        (config.rest_port, KServeV2Rest(corridor.registry).routes()),
+        (config.rest_port, KServeV2Rest(corridor.registry, triton).routes()),
         (config.tfserving_rest_port, TFServingRest(corridor.registry).routes()),
     ]
     context = server_ssl_context(config.tls)

@@ -248,6 +248,68 @@ def test_calls_are_counted_like_grpc_ones(client: triton.InferenceServerClient, 
     assert server.metric("tensorgate_requests_total", **invalid) == before + 1
 
 
+def test_model_config_and_statistics_as_tritons_http_api(client: triton.InferenceServerClient) -> None:
+    """The ModelConfig itself and the statistics response, with the proto field names and 64-bit counts as
+    numbers (what perf_analyzer and model-analyzer read)."""
+    config = client.get_model_config("mnist")
+    assert (config["name"], config["platform"], config["max_batch_size"]) == ("mnist", "tensorflow_savedmodel", 256)
+    assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [
+        ("keras_tensor", "TYPE_FP32", [28, 28])
+    ]
+    assert config["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 1024
+    assert client.get_model_config("mnist", "1") == config
+
+    def mnist_statistics() -> dict[str, Any]:
+        [model] = client.get_inference_statistics("mnist", "1")["model_stats"]
+        return model
+
+    before = mnist_statistics()
+    client.infer("mnist", [infer_input("keras_tensor", np.zeros((3, 28, 28), np.float32), "FP32")])
+    after = mnist_statistics()
+    assert (after["name"], after["version"]) == ("mnist", "1")
+    assert after["inference_count"] - before["inference_count"] == 3
+    success = after["inference_stats"]["success"]
+    assert success["count"] - before["inference_stats"]["success"]["count"] == 1 and isinstance(success["ns"], int)
+    every = client.get_inference_statistics()["model_stats"]
+    assert sorted((s["name"], s["version"]) for s in every) == [("mnist", "1"), ("scorer", "1")]
+    assert [s["name"] for s in client.get_inference_statistics("scorer")["model_stats"]] == ["scorer"]
+
+
+def test_repository_index_unload_and_load(client: triton.InferenceServerClient, server: ServerProcess) -> None:
+    index = client.get_model_repository_index()
+    assert [(m["name"], m["version"], m["state"]) for m in index] == [
+        ("broken", "1", "UNAVAILABLE"),
+        ("empty", "", "UNAVAILABLE"),
+        ("mnist", "1", "READY"),
+        ("scorer", "1", "READY"),
+    ]
+    assert "SavedModel" in index[0]["reason"] and index[1]["reason"] == "unloaded"
+    status, _, ready = http(f"{server.rest_url}/v2/repository/index", "POST", {"ready": True})
+    assert status == 200 and [(m["name"], m["state"]) for m in ready] == [("mnist", "READY"), ("scorer", "READY")]
+    client.unload_model("scorer", unload_dependents=True)
+    assert not client.is_model_ready("scorer")
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("scorer", [infer_input(n, a, SCORER_DATATYPES[n]) for n, a in SCORER_INPUTS.items()])
+    assert raised.value.status() in ("404", "503")
+    client.load_model("scorer")
+    assert client.is_model_ready("scorer")
+    assert client.infer("scorer", [infer_input(n, a, SCORER_DATATYPES[n]) for n, a in SCORER_INPUTS.items()])
+    for call, status_wanted in (
+        (lambda: client.load_model("scorer", config="{}"), "400"),
+        (lambda: client.load_model("nope"), "404"),
+        (lambda: client.unload_model("nope"), "404"),
+        (lambda: client.get_model_config("nope"), "404"),
+        (lambda: client.get_model_config("mnist", "9"), "404"),
+        (lambda: client.get_inference_statistics("nope"), "404"),
+    ):
+        with pytest.raises(InferenceServerException) as raised:
+            call()
+        assert raised.value.status() == status_wanted, raised.value
+    status, _, error = http(f"{server.rest_url}/v2/repository/models/scorer/load", "POST", b"{")
+    assert status == 400 and "not valid JSON" in error["error"]
+    assert client.is_model_ready("scorer") and client.is_server_live()
+
+
 def test_the_gateway_port_speaks_v2_rest(stack: ServerProcess, mnist: MnistData) -> None:
     """Envoy passes /v2 to the REST ports as it is: tritonclient.http and the document's JSON work on the gateway
     port, errors keep their v2 body, the access log records the calls, and tensorgate.v1's REST is still there."""
@@ -297,6 +359,11 @@ def test_same_authentication_as_grpc(repository: Path, tmp_path: Path) -> None:
                 client.infer("mnist", x, headers=headers)
             assert raised.value.status() == status
         assert client.infer("mnist", x, headers={"x-api-key": key}).as_numpy("output_0").shape == (1, 10)
+        for call in (client.load_model, client.unload_model):
+            with pytest.raises(InferenceServerException) as raised:
+                call("mnist", headers={"x-api-key": key})
+            assert raised.value.status() == "403" and "admin" in str(raised.value)
+        assert client.is_model_ready("mnist", headers={"x-api-key": key})
         assert http(f"{secured.rest_url}/v2/models/mnist", "GET")[0] == 401
         tfs = f"{secured.tfserving_rest_url}/v1/models/mnist:predict"
         status, _, answer = http(tfs, "POST", {"instances": [[[0.0] * 28] * 28]})

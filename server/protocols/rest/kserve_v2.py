@@ -9,9 +9,13 @@ what tritonclient.http asks by default), else as JSON ``data``. Tensors are deco
 (``tensorgate.v1.tensors``), run by the same data plane as every other protocol, and errors come back as
 ``{"error": "..."}`` with the status of their gRPC code (``http.HTTP_STATUS``).
 
+Triton's extensions are answered by ``triton_extensions.TritonExtensions``, as over gRPC, with the JSON Triton's
+HTTP API writes: the model configuration (``/v2/models/{m}[/versions/{v}]/config``), statistics
+(``/v2/models[/{m}[/versions/{v}]]/stats``), and the model repository (``POST /v2/repository/index``, a list of
+models; ``POST /v2/repository/models/{m}/load|unload``, admin scope, with an optional ``{"parameters": {...}}``).
+
 Not supported: shared-memory inputs and outputs, the classification extension (``parameters.classification``),
-and compressed request bodies; Triton's repository, configuration, statistics, trace and logging extensions are
-not routed here.
+compressed request bodies, and Triton's trace, logging and shared-memory extensions.
 """
 
 from __future__ import annotations
@@ -28,12 +32,13 @@ from tensorgate.server.models.registry import ModelRegistry, VersionState
 from tensorgate.server.protocols.rest.http import Route, json_response, parse_json
 from tensorgate.server.protocols.rest.json_tensors import numbers_from_json, strings_to_json
 from tensorgate.server.protocols.rpc import Call
+from tensorgate.server.protocols.triton_extensions import PLATFORM, TritonExtensions, triton_json
 from tensorgate.server.runtimes.signature import TensorInfo
+from tensorgate.server.security.principal import ADMIN, PREDICT
 from tensorgate.v1 import tensors
 from tensorgate.v1.tensors import Dtype, TensorCodecError
 
 SERVER_NAME = "tensorgate"
-PLATFORM = "tensorflow_savedmodel"  # Triton's name for the platform of a SavedModel
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # The model paths: /v2/models/{model} with an optional /versions/{version} (a number or a label).
 MODEL = "/v2/models/{model}{version:(/versions/[^/]+)?}"
@@ -109,18 +114,27 @@ def _not_utf8(name: str) -> Callable[[bytes], Any]:
 class KServeV2Rest:
     """The v2 REST endpoints over the registry and data plane that every protocol uses."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, triton: TritonExtensions) -> None:
         self._registry = registry
+        self._triton = triton
         self._version = importlib.metadata.version("tensorgate")
 
     def routes(self) -> list[Route]:
+        repository = "/v2/repository/models/{model}"
         return [
             Route("GET", "/v2/health/live", "kserve_rest_server_live", None, self.server_live),
             Route("GET", "/v2/health/ready", "kserve_rest_server_ready", None, self.server_ready),
-            Route("GET", "/v2", "kserve_rest_server_metadata", "predict", self.server_metadata),
-            Route("GET", MODEL, "kserve_rest_model_metadata", "predict", self.model_metadata),
-            Route("GET", MODEL + "/ready", "kserve_rest_model_ready", "predict", self.model_ready),
-            Route("POST", MODEL + "/infer", "kserve_rest_model_infer", "predict", self.model_infer),
+            Route("GET", "/v2", "kserve_rest_server_metadata", PREDICT, self.server_metadata),
+            # Before MODEL, which "stats" would match as a model's name (as in Triton).
+            Route("GET", "/v2/models/stats", "kserve_rest_model_statistics", PREDICT, self.model_statistics),
+            Route("GET", MODEL, "kserve_rest_model_metadata", PREDICT, self.model_metadata),
+            Route("GET", MODEL + "/ready", "kserve_rest_model_ready", PREDICT, self.model_ready),
+            Route("POST", MODEL + "/infer", "kserve_rest_model_infer", PREDICT, self.model_infer),
+            Route("GET", MODEL + "/config", "kserve_rest_model_config", PREDICT, self.model_config),
+            Route("GET", MODEL + "/stats", "kserve_rest_model_statistics", PREDICT, self.model_statistics),
+            Route("POST", "/v2/repository/index", "kserve_rest_repository_index", PREDICT, self.repository_index),
+            Route("POST", repository + "/load", "kserve_rest_repository_model_load", ADMIN, self.load),
+            Route("POST", repository + "/unload", "kserve_rest_repository_model_unload", ADMIN, self.unload),
         ]
 
     async def server_live(self, request: web.Request, call: Call) -> web.Response:
@@ -162,6 +176,33 @@ class KServeV2Rest:
             }
         )
 
+    async def model_config(self, request: web.Request, call: Call) -> web.Response:
+        """The version's ModelConfig itself, as Triton's HTTP API answers (not wrapped in a response)."""
+        return json_response(triton_json(self._triton.config(call, request.match_info["model"], _version(request))))
+
+    async def model_statistics(self, request: web.Request, call: Call) -> web.Response:
+        model = request.match_info.get("model", "")
+        version = _version(request) if model else ""
+        return json_response(triton_json(self._triton.statistics(call, model, version)))
+
+    async def repository_index(self, request: web.Request, call: Call) -> web.Response:
+        """Triton's HTTP index: a JSON list of the models' entries (the body, optional, may ask ``ready`` only)."""
+        body = await _optional_json(request, "repository index request")
+        ready = body.get("ready", False)
+        if not isinstance(ready, bool):
+            raise TensorCodecError("'ready' must be true or false")
+        return json_response(triton_json(self._triton.index(call, ready)).get("models", []))
+
+    async def load(self, request: web.Request, call: Call) -> web.Response:
+        parameters = _load_parameters(await _optional_json(request, "load request"))
+        await self._triton.load(call, request.match_info["model"], parameters)
+        return json_response({})
+
+    async def unload(self, request: web.Request, call: Call) -> web.Response:
+        parameters = _load_parameters(await _optional_json(request, "unload request"))
+        await self._triton.unload(call, request.match_info["model"], parameters)
+        return json_response({})
+
     async def model_infer(self, request: web.Request, call: Call) -> web.Response:
         admission = call.admit(request.match_info["model"], _version(request))
         body = memoryview(await request.read())
@@ -196,6 +237,20 @@ class KServeV2Rest:
             content_type="application/octet-stream",
             headers={HEADER_LENGTH: str(len(header))},
         )
+
+
+async def _optional_json(request: web.Request, what: str) -> dict[str, Any]:
+    """The JSON object of a body Triton's clients may leave empty ({} then)."""
+    body = await request.read()
+    return parse_json(body, what) if body.strip() else {}
+
+
+def _load_parameters(body: dict[str, Any]) -> list[str]:
+    """The names of a load or unload request's ``parameters`` (which ``TritonExtensions`` checks)."""
+    parameters = body.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise TensorCodecError("'parameters' must be an object")
+    return list(parameters)
 
 
 def _header_length(request: web.Request, body_length: int) -> int:
