@@ -537,9 +537,7 @@ def rest_answer_class(load: RestLoad, port: int) -> int:
 
 def serve_flags() -> set[str]:
     """The long flags `tensorgate serve --help` lists: the bench adds targets for flags other branches add."""
-    output = subprocess.run(
-        [sys.executable, "-m", "tensorgate.clients.cli", "serve", "--help"], capture_output=True, text=True, check=True
-    ).stdout
+    output = subprocess.run([*CLI, "serve", "--help"], capture_output=True, text=True, check=True).stdout
     return long_flags(output)
 
 

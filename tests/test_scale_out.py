@@ -28,6 +28,7 @@ from tensorgate.v1 import codec, inference_service_pb2_grpc
 from tensorgate.v1.inference_service_pb2 import PredictRequest
 
 from conftest import ServerProcess, mnist_inputs, start_server
+from support.processes import wait_until_envoy_routes_to
 
 STREAMS = "tensorgate_streams_in_flight"
 # Codes a client is told it may retry: anything else is a lost request.
@@ -170,7 +171,7 @@ def test_failover_without_loss(replicated: ServerProcess) -> None:
         time.sleep(2)
         os.kill(pids["server-0"], signal.SIGTERM)
         wait_restarted(stack, "server-0", pids["server-0"], targets[0])
-        time.sleep(2)  # Envoy's health checks see the restarted replica
+        wait_until_envoy_routes_to(stack.gateway_admin_url, 2, stack.process)  # the restarted replica passes
         before = requests_per_replica(stack)
         time.sleep(3)
         after = requests_per_replica(stack)

@@ -44,6 +44,21 @@ def add_key(keys_file: Path, name: str, scopes: str, models: str = "") -> str:
     return result.stdout.strip()
 
 
+def wait_until_accepted(secured: Secured, key: str, timeout_s: float = 30) -> None:
+    """Until the server has re-read its key file and accepts ``key`` (polled a few times a second: each refusal
+    counts against the failed-authentication budget of the test's address)."""
+    deadline = time.monotonic() + timeout_s
+    with secured.server_client(api_key=key) as client:
+        while True:
+            try:
+                client.model_status("mnist")
+                return
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAUTHENTICATED, exc
+            assert time.monotonic() < deadline, "the new key was never accepted"
+            time.sleep(0.25)
+
+
 @dataclass
 class Secured:
     stack: ServerProcess
@@ -303,7 +318,7 @@ def test_keys_rotate_without_restart(secured: Secured) -> None:
 def test_a_key_over_its_rate_is_refused_and_others_are_not(secured: Secured) -> None:
     noisy = add_key(secured.keys_file, "noisy", "predict")
     secured.secrets.append(noisy)
-    time.sleep(1.5)  # the server re-reads the key file
+    wait_until_accepted(secured, noisy)
     codes = []
     with secured.server_client(api_key=noisy) as client:
         for _ in range(120):
