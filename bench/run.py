@@ -601,9 +601,15 @@ def tensorgate_target(repository: Path, name: str, *extra: str, connections: int
     argv += ["--gateway", "false", "--port", str(port), "--metrics-port", str(port + 8)]
     argv += ["--rest-port", str(port + 4), "--tfserving-rest-port", str(port + 6), *extra]
     one_process = "--workers" not in extra  # with workers, one metrics port sees only its own process
-    rest_ports = {"rest_port": port + 4, "tfserving_rest_port": port + 6} if rest else {}
-    metrics_port = port + 8 if one_process else None
-    return OipTarget(name, argv, port, metrics_port=metrics_port, connections=connections, **rest_ports)
+    return OipTarget(
+        name,
+        argv,
+        port,
+        metrics_port=port + 8 if one_process else None,
+        connections=connections,
+        rest_port=port + 4 if rest else None,
+        tfserving_rest_port=port + 6 if rest else None,
+    )
 
 
 def mlserver_target(model_dir: Path, tmp: Path) -> OipTarget:

@@ -144,7 +144,7 @@ def test_scorer_multi_input_dtypes(client: triton.InferenceServerClient, server:
 def test_protocol_document_requests_verbatim(server: ServerProcess, mnist: MnistData) -> None:
     """JSON as the KServe v2 document writes it: nested row-major data, an id, named outputs without parameters."""
     x = mnist_inputs(mnist.x_test[:3])
-    body = {
+    body: dict[str, Any] = {
         "id": "42",
         "inputs": [{"name": "keras_tensor", "shape": [3, 28, 28], "datatype": "FP32", "data": x.tolist()}],
         "outputs": [{"name": "output_0"}],
@@ -350,14 +350,14 @@ def test_same_authentication_as_grpc(repository: Path, tmp_path: Path) -> None:
         client = triton.InferenceServerClient(secured.rest_url.removeprefix("http://"))
         assert client.is_server_live() and client.is_server_ready()
         x = [infer_input("keras_tensor", np.zeros((1, 28, 28), np.float32), "FP32")]
-        for headers, status in (
+        for headers, wanted in (
             (None, "401"),
             ({"x-api-key": other_model_key}, "403"),
             ({"x-api-key": "wrong"}, "401"),
         ):
             with pytest.raises(InferenceServerException) as raised:
                 client.infer("mnist", x, headers=headers)
-            assert raised.value.status() == status
+            assert raised.value.status() == wanted
         assert client.infer("mnist", x, headers={"x-api-key": key}).as_numpy("output_0").shape == (1, 10)
         for call in (client.load_model, client.unload_model):
             with pytest.raises(InferenceServerException) as raised:
