@@ -20,6 +20,8 @@ Measures, on the MNIST reference model (trained into --repository if missing):
     servicer, tensorgate, tensorgate --runtime tensorflow and --workers 2 (when `tensorgate serve --help` lists those
     flags) and, with --peers, MLServer 1.7.1 (adaptive batching 64 / 2 ms) and KServe 0.21, each serving the same
     SavedModel from its own virtualenv under bench/.peers/ (built on first use, then reused);
+  * the REST APIs of the targets that have them, from wrk at concurrency 1 and 64: tensorgate's v2 REST (JSON
+    `data` and binary tensors) and TF Serving REST, next to MLServer's and KServe's v2 REST (with --peers);
   * every server's CPU per request (its whole process tree, from /proc) and peak RSS per process.
 Then issue #13's ratios with pass/MISS against each target. `--only replicas`, `--only tls` or `--only peers`
 runs that case alone. Prints tables and writes JSON. Needs h2load and wrk (Debian: nghttp2-client, wrk).

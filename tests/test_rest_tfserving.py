@@ -12,11 +12,14 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
 from tensorgate.clients.client import TensorgateClient
 from tensorgate.clients.datasets import MnistData
+from tensorgate.v1 import model_service_pb2_grpc
+from tensorgate.v1.model_service_pb2 import SetModelLabelsRequest
 
 from conftest import ServerProcess, mnist_inputs
 
@@ -108,6 +111,24 @@ def test_named_inputs_b64_and_versions(server: ServerProcess) -> None:
         "total": [3, 70],
         "positive": [True, False],
     }
+
+
+def test_labels_name_a_version(server: ServerProcess) -> None:
+    """A label set with the admin API names its version in the path, as in TF Serving."""
+    url = f"{server.tfserving_rest_url}/v1/models/scorer/labels/stable"
+    with grpc.insecure_channel(server.target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        stub.SetModelLabels(SetModelLabelsRequest(model="scorer", labels={"stable": 1}), timeout=30)
+        try:
+            status, answer = http(url)
+            assert status == 200 and [v["version"] for v in answer["model_version_status"]] == ["1"], answer
+            assert http(f"{url}/metadata")[1]["model_spec"]["version"] == "1"
+            body = {"inputs": {"features": [[1.5, 2, 3]], "tag": ["abc"], "counts": [[1, 2]]}}
+            status, answer = http(f"{url}:predict", "POST", body)
+            assert status == 200 and answer["outputs"]["total"] == [3], answer
+        finally:
+            stub.SetModelLabels(SetModelLabelsRequest(model="scorer", labels={}), timeout=30)
+    assert http(url)[0] == 404
 
 
 def mnist_row() -> list[list[float]]:
