@@ -14,6 +14,7 @@ so REST calls share the one data plane and batcher) with orjson for JSON.
 
 from __future__ import annotations
 
+import logging
 import math
 import ssl
 import time
@@ -24,6 +25,7 @@ from typing import Any
 import grpc
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
@@ -53,6 +55,25 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
 }
 JSON = "application/json"
+MAX_LOGGED_CHARS = 200
+
+
+class _CallerMistakes(logging.Filter):
+    """aiohttp answers a request it cannot parse (a request line or header over its limits, a malformed one) with
+    400 and logs it with a traceback at ERROR: a caller's mistake, it is logged here as one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and 400 <= error.code < 500:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "malformed HTTP request refused: %s", (str(error.message)[:MAX_LOGGED_CHARS],)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+# The logger of the REST ports' HTTP layer (aiohttp's own messages).
+http_log = logging.getLogger("tensorgate.rest.http")
+http_log.addFilter(_CallerMistakes())
 
 
 class UnimplementedError(ServingError):
@@ -167,7 +188,7 @@ async def start_site(
 ) -> web.AppRunner:
     """Serve ``side`` on ``host:port`` (TLS with ``ssl_context``, SO_REUSEPORT for a replica's workers); the
     runner's ``cleanup`` stops taking requests and lets those in flight finish within ``grace_s``."""
-    runner = web.AppRunner(side.app, access_log=None, handle_signals=False, shutdown_timeout=grace_s)
+    runner = web.AppRunner(side.app, access_log=None, handle_signals=False, shutdown_timeout=grace_s, logger=http_log)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None)
     await site.start()

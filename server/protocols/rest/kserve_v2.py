@@ -68,7 +68,9 @@ def _kind_name(kind: type) -> str:
 
 
 def _parameters(tensor: dict[str, Any], where: str) -> dict[str, Any]:
-    parameters = tensor.get("parameters", {})
+    parameters = tensor.get("parameters")
+    if parameters is None:
+        return {}
     if not isinstance(parameters, dict):
         raise TensorCodecError(f"{where}: 'parameters' must be an object")
     return parameters
@@ -314,7 +316,7 @@ def _decode_inputs(infer: dict[str, Any], binary: memoryview) -> dict[str, np.nd
 def _requested_outputs(infer: dict[str, Any]) -> tuple[bool, dict[str, bool]]:
     """Whether outputs go back binary by default (``binary_data_output``), and the outputs the request names,
     each with whether it goes back binary."""
-    binary_default = infer.get("parameters", {}).get("binary_data_output", False)
+    binary_default = (infer.get("parameters") or {}).get("binary_data_output", False)
     if not isinstance(binary_default, bool):
         raise TensorCodecError("binary_data_output must be true or false")
     requested = infer.get("outputs", [])
