@@ -29,12 +29,25 @@ def numbers_from_json(data: Any, dtype: Dtype, name: str) -> np.ndarray:
     if array.size == 0:
         return array.astype(dtype.numpy)
     kind = dtype.numpy.kind
+    if kind in "iu" and array.dtype.kind in "fO":
+        # NumPy makes floats (or objects) of integers past int64's range, such as a UINT64 over 2**63 - 1.
+        big = _big_integers(data, array.shape)
+        if big is not None:
+            return narrowed(big, dtype.numpy, name)
     if array.dtype.kind not in _ALLOWED_KINDS[kind]:
         got = _GOT.get(array.dtype.kind, "a ragged or mixed array")
         raise TensorCodecError(f"{name}: {dtype.name} takes {_WANTED[kind]}, got {got}")
     if kind in "iu" and not np.can_cast(array.dtype, dtype.numpy):
         return narrowed(array, dtype.numpy, name)
     return array.astype(dtype.numpy)
+
+
+def _big_integers(data: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``data`` as an object array of Python ints of ``shape`` when every value is one, else None."""
+    values = np.array(data, dtype=object)
+    if values.shape != shape or not all(type(value) is int for value in values.flat):
+        return None
+    return values
 
 
 def strings_to_json(array: np.ndarray, undecodable: Callable[[bytes], Any]) -> Any:
