@@ -14,13 +14,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from tensorgate.v1 import codec, inference_service_pb2_grpc, model_service_pb2_grpc
 from tensorgate.v1.inference_service_pb2 import PredictRequest, StreamPredictRequest, StreamPredictResponse
@@ -34,6 +37,8 @@ from tensorgate.v1.model_service_pb2 import (
 
 MiB = 1024 * 1024
 _tracer = trace.get_tracer("tensorgate.client")
+INFERENCE_SERVICE = "tensorgate.v1.InferenceService"
+MODEL_SERVICE = "tensorgate.v1.ModelService"
 
 # Every unary method is idempotent (inference included), so gRPC may retry it transparently. A server that
 # is stopping refuses new calls with UNAVAILABLE and resets calls it had not yet started with RST_STREAM
@@ -278,6 +283,12 @@ class TensorgateClient:
         self._credentials = ((("x-api-key", api_key),) if api_key else ()) + (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
+        host, port = _host_and_port(target)
+        self._span_attributes: dict[str, AttributeValue] = {
+            "rpc.system": "grpc",
+            "server.address": host,
+            "server.port": port,
+        }
 
     def __enter__(self) -> TensorgateClient:
         return self
@@ -308,7 +319,7 @@ class TensorgateClient:
         request = PredictRequest(model=model, version=version, output_filter=output_filter)
         for name, array in inputs.items():
             codec.encode_into(np.asarray(array), request.inputs[name])
-        with _tracer.start_as_current_span("tensorgate.v1.InferenceService/Predict", kind=SpanKind.CLIENT):
+        with self._span(INFERENCE_SERVICE, "Predict", model):
             response = self._pick().inference.Predict(request, timeout=self._timeout_s, metadata=self._metadata())
         return {name: codec.decode(tensor, name) for name, tensor in response.outputs.items()}
 
@@ -365,16 +376,28 @@ class TensorgateClient:
         while True:
             answered_before = outbox.answered
             remaining_s = None if deadline is None else deadline - time.monotonic()
-            with _tracer.start_as_current_span("tensorgate.v1.InferenceService/StreamPredict", kind=SpanKind.CLIENT):
-                call = self._pick().inference.StreamPredict(
-                    outbox.requests(), timeout=remaining_s, metadata=self._metadata()
-                )
+            # One span per stream, never current: this generator yields to the caller's code in between.
+            span = self._start_span(INFERENCE_SERVICE, "StreamPredict", model)
+            sent = 0
+
+            def counted(requests: Iterator[StreamPredictRequest]) -> Iterator[StreamPredictRequest]:
+                nonlocal sent
+                for request in requests:
+                    sent += 1
+                    yield request
+
+            metadata = self._credentials + _trace_metadata(trace.set_span_in_context(span))
+            call = self._pick().inference.StreamPredict(
+                counted(outbox.requests()), timeout=remaining_s, metadata=metadata
+            )
             try:
                 for response in call:
                     outbox.answer(response)
                     yield _outputs_of(response)
+                _end_span(span, grpc.StatusCode.OK)
                 return
             except grpc.RpcError as exc:
+                _end_span(span, exc.code(), exc.details())
                 if outbox.answered > answered_before:
                     failures, backoff_s = 0, policy.initial_backoff_s
                 failures += 1
@@ -388,21 +411,28 @@ class TensorgateClient:
             finally:
                 call.cancel()
                 outbox.close()
+                span.set_attribute("tensorgate.stream.messages_sent", sent)
+                span.set_attribute("tensorgate.stream.messages_received", outbox.answered - answered_before)
+                span.end()  # a stream the caller stopped reading ends unset (CANCELLED is not the server's answer)
 
     def list_models(self) -> list[Model]:
         """Every model of the server with its versions' states."""
         request = ListModelsRequest()
-        return list(self._pick().models.ListModels(request, timeout=self._timeout_s, metadata=self._metadata()).models)
+        with self._span(MODEL_SERVICE, "ListModels", ""):
+            response = self._pick().models.ListModels(request, timeout=self._timeout_s, metadata=self._metadata())
+        return list(response.models)
 
     def model_status(self, model: str, version: str = "") -> Model:
         """The state of a model's versions (or of one version)."""
         request = GetModelStatusRequest(model=model, version=version)
-        return self._pick().models.GetModelStatus(request, timeout=self._timeout_s, metadata=self._metadata()).model
+        with self._span(MODEL_SERVICE, "GetModelStatus", model):
+            return self._pick().models.GetModelStatus(request, timeout=self._timeout_s, metadata=self._metadata()).model
 
     def model_metadata(self, model: str, version: str = "") -> GetModelMetadataResponse:
         """The serving signature of a model version."""
         request = GetModelMetadataRequest(model=model, version=version)
-        return self._pick().models.GetModelMetadata(request, timeout=self._timeout_s, metadata=self._metadata())
+        with self._span(MODEL_SERVICE, "GetModelMetadata", model):
+            return self._pick().models.GetModelMetadata(request, timeout=self._timeout_s, metadata=self._metadata())
 
     def _pick(self) -> _Stubs:
         """The next channel's stubs, round-robin (``next`` on a cycle is atomic under the GIL: thread-safe)."""
@@ -411,6 +441,26 @@ class TensorgateClient:
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         """Credentials and the W3C trace context of the current span."""
         return self._credentials + _trace_metadata()
+
+    def _start_span(self, service: str, rpc: str, model: str) -> trace.Span:
+        """The client span of one call, by OpenTelemetry's RPC conventions (a no-op span when the application
+        traces nothing)."""
+        attributes = {**self._span_attributes, "rpc.service": service, "rpc.method": rpc}
+        if model:
+            attributes["tensorgate.model.name"] = model
+        return _tracer.start_span(f"{service}/{rpc}", kind=SpanKind.CLIENT, attributes=attributes)
+
+    @contextmanager
+    def _span(self, service: str, rpc: str, model: str) -> Iterator[trace.Span]:
+        """``_start_span`` as the current span around a unary call, ended with the call's status."""
+        span = self._start_span(service, rpc, model)
+        with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+            try:
+                yield span
+            except grpc.RpcError as exc:
+                _end_span(span, exc.code(), exc.details())
+                raise
+            _end_span(span, grpc.StatusCode.OK)
 
     def _input_name(self, model: str, version: str) -> str:
         key = (model, version)
@@ -423,11 +473,31 @@ class TensorgateClient:
         return self._input_names[key]
 
 
-def _trace_metadata() -> tuple[tuple[str, str], ...]:
-    """W3C trace context of the current span as gRPC metadata (empty when the application traces nothing)."""
+def _trace_metadata(context: otel_context.Context | None = None) -> tuple[tuple[str, str], ...]:
+    """W3C trace context of ``context`` (the current one by default) as gRPC metadata (empty when the application
+    traces nothing)."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return tuple(carrier.items())
+
+
+def _end_span(span: trace.Span, code: grpc.StatusCode | None, message: str | None = None) -> None:
+    """The call's gRPC status on its client span: on a client every status but OK is an error (OpenTelemetry's
+    gRPC conventions)."""
+    code = code or grpc.StatusCode.UNKNOWN
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code != grpc.StatusCode.OK:
+        span.set_status(Status(StatusCode.ERROR, message or code.name))
+
+
+def _host_and_port(target: str) -> tuple[str, int]:
+    """The host and port a gRPC target names (``host:port``, ``[v6]:port``, ``dns:///host:port``; port 443 when
+    none is given, gRPC's default)."""
+    address = target.rsplit("/", 1)[-1] if "://" in target or target.startswith("dns:") else target
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or (":" in host and not host.startswith("[")):
+        return address.strip("[]"), 443
+    return host.strip("[]"), int(port)
 
 
 def _batches(examples: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tensorgate.gateway import DESCRIPTOR_SET, DOCS_DIR, OPENAPI
-from tensorgate.server.config import EdgeConfig, JwtConfig, ServerConfig, TlsConfig
+from tensorgate.server.config import DEFAULT_TRACE_SAMPLE_RATIO, EdgeConfig, JwtConfig, ServerConfig, TlsConfig
 from tensorgate.server.protocols.methods import METHODS, public_paths
 
 JsonObject = dict[str, Any]
@@ -45,7 +45,27 @@ REST_CLUSTER = "tensorgate_rest"  # the servers' Open Inference Protocol REST po
 REST_PATHS = "/v2(/.*)?"
 COLLECTOR_CLUSTER = "otel_collector"
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+# The gRPC code (google.rpc.Code) of each HTTP status Envoy may answer a REST caller with itself, as the server's
+# errors map the other way; any other error status is UNKNOWN.
+LOCAL_REPLY_CODES = {
+    400: 3,  # INVALID_ARGUMENT: malformed JSON, unknown field or query parameter, wrong type
+    401: 16,  # UNAUTHENTICATED
+    403: 7,  # PERMISSION_DENIED
+    404: 5,  # NOT_FOUND: no such path
+    405: 12,  # UNIMPLEMENTED: a method the path does not declare
+    408: 4,  # DEADLINE_EXCEEDED: the request was not received in time
+    413: 3,  # INVALID_ARGUMENT: the body is larger than max_message_bytes (retrying cannot help)
+    429: 8,  # RESOURCE_EXHAUSTED: over the address's rate
+    431: 3,  # INVALID_ARGUMENT: headers too large
+    502: 14,  # UNAVAILABLE
+    503: 14,  # UNAVAILABLE: no healthy replica, or Envoy is overloaded
+    504: 4,  # DEADLINE_EXCEEDED: the route's timeout
+}
+UNKNOWN_CODE = 2
+PATH_PARAMETER = r"[^/:]+"  # a REST path parameter: model names and versions hold no '/' or ':'
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 BUFFER = "envoy.filters.http.buffer"
+LUA = "envoy.filters.http.lua"
 
 
 def typed(message: str, **fields: Any) -> JsonObject:
@@ -222,7 +242,8 @@ def router_filter() -> JsonObject:
 def http_filters(
     config: ServerConfig, descriptor: Path, public_routes: Sequence[Mapping[str, str]]
 ) -> list[JsonObject]:
-    """The HTTP filters in order: rate limit, JWT, buffer, tensorgate.v1's transcoder, the router."""
+    """The HTTP filters in order: rate limit, JWT, buffer, the stream answers' content type, tensorgate.v1's
+    transcoder, the router."""
     filters = []
     if config.edge.rate_limit_per_address:
         filters.append(rate_limit_filter(config.edge.rate_limit_per_address))
@@ -232,6 +253,7 @@ def http_filters(
     return [
         *filters,
         buffer_filter(config.max_message_bytes),
+        {"name": LUA, "typed_config": typed("envoy.extensions.filters.http.lua.v3.Lua")},
         tensorgate_transcoder(descriptor, config.max_message_bytes),
         router_filter(),
     ]
@@ -243,6 +265,21 @@ def http_filters(
 def no_transcoding() -> JsonObject:
     """The typed_per_filter_config of a route the transcoders leave alone (Envoy's own answers)."""
     return {TRANSCODER: typed("envoy.config.route.v3.FilterConfig", disabled=True)}
+
+
+def newline_delimited() -> JsonObject:
+    """The typed_per_filter_config that labels a REST stream's answer ``application/x-ndjson`` (the transcoder
+    says ``application/json`` for the lines it writes); an error answer stays ``application/json``, a gRPC stream's
+    ``application/grpc``. The streams' route carries it too: the transcoder re-routes a REST stream there."""
+    code = """
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  if headers:get(":status") == "200" and headers:get("content-type") == "application/json" then
+    headers:replace("content-type", "application/x-ndjson")
+  end
+end
+"""
+    return {LUA: typed("envoy.extensions.filters.http.lua.v3.LuaPerRoute", source_code={"inline_string": code})}
 
 
 def no_buffering() -> JsonObject:
@@ -282,6 +319,45 @@ def docs_routes(docs_dir: Path) -> list[JsonObject]:
     return routes
 
 
+def documented_paths() -> list[tuple[str, str, list[str]]]:
+    """(path, its regex, its methods) of each REST path of the OpenAPI document: the one list of paths and methods.
+    This installation's document, which the assets of a container copy."""
+    spec = json.loads(OPENAPI.read_text())
+    return [
+        (
+            path,
+            re.sub(r"\\\{[^}]*\\\}", lambda _: PATH_PARAMETER, re.escape(path)),
+            [method.upper() for method in operations if method.upper() in HTTP_METHODS],
+        )
+        for path, operations in spec["paths"].items()
+    ]
+
+
+def undeclared_method_routes() -> list[JsonObject]:
+    """A 405 (with ``allow``) for each method that a documented REST path does not declare, ahead of the
+    transcoder (which would answer 404 or 400). Methods Envoy does not know at all are answered in
+    ``local_reply``."""
+    answers = []
+    for path, regex, declared in documented_paths():
+        method = {
+            "name": ":method",
+            "string_match": {"safe_regex": {"regex": "|".join(declared)}},
+            "invert_match": True,
+        }
+        answers.append(
+            {
+                "match": {"safe_regex": {"regex": regex}, "headers": [method]},
+                "direct_response": {
+                    "status": 405,
+                    "body": {"inline_string": f"{path} answers {', '.join(declared)} only"},
+                },
+                "response_headers_to_add": [{"header": {"key": "allow", "value": ", ".join(declared)}}],
+                "typed_per_filter_config": no_transcoding(),
+            }
+        )
+    return answers
+
+
 def routes(edge: EdgeConfig, max_stream_duration_s: float, assets: Path, rest: bool) -> list[JsonObject]:
     """Envoy's own answers (OpenAPI document, docs), then the calls for the servers.
 
@@ -306,12 +382,17 @@ def routes(edge: EdgeConfig, max_stream_duration_s: float, assets: Path, rest: b
         file_route("/openapi.json", assets / OPENAPI.name, "application/json"),
         *docs_routes(assets / DOCS_DIR.name),
         *(rest_routes if rest else []),
-        {"match": {"path": "/v1/models:streamPredict"}, "route": unary, "typed_per_filter_config": no_buffering()},
+        *undeclared_method_routes(),
+        {
+            "match": {"path": "/v1/models:streamPredict"},
+            "route": unary,
+            "typed_per_filter_config": {**no_buffering(), **newline_delimited()},
+        },
         {"match": {"safe_regex": {"regex": "/v1(/.*)?"}}, "route": unary},
         {
             "match": {"safe_regex": {"regex": streams}},
             "route": to_server(max_stream_duration_s),
-            "typed_per_filter_config": no_buffering(),
+            "typed_per_filter_config": {**no_buffering(), **newline_delimited()},
         },
         {"match": {"prefix": "/"}, "route": unary, "typed_per_filter_config": no_buffering()},
     ]
@@ -366,25 +447,85 @@ def tracing(sample_ratio: float) -> JsonObject:
     }
 
 
-def jwt_local_reply() -> JsonObject:
-    """jwt_authn refuses a token made for another audience with 403; like every token not valid here, it is a
-    401."""
-    expression = "response.code == 403 && response.code_details.startsWith('jwt_authn_access_denied')"
+def status_filter(status: int, comparison: str = "EQ") -> JsonObject:
+    """An access-log filter on the HTTP status of the answer."""
     return {
-        "mappers": [
-            {
-                "filter": {
-                    "extension_filter": {
-                        "name": "envoy.access_loggers.extension_filters.cel",
-                        "typed_config": typed(
-                            "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter", expression=expression
-                        ),
-                    }
-                },
-                "status_code": 401,
-            }
-        ]
+        "status_code_filter": {"comparison": {"op": comparison, "value": {"default_value": status, "runtime_key": ""}}}
     }
+
+
+def not_grpc() -> JsonObject:
+    """An access-log filter for requests that are not gRPC: a gRPC caller gets Envoy's own answers as grpc-status
+    and grpc-message, which must stay as they are. A REST request the transcoder has begun to turn into gRPC
+    carries ``application/grpc`` already, and the REST path it came with in ``x-envoy-original-path``."""
+    content_type = {
+        "name": "content-type",
+        "string_match": {"prefix": "application/grpc"},
+        "invert_match": True,
+        "treat_missing_header_as_empty": True,
+    }
+    transcoded = {"name": "x-envoy-original-path", "present_match": True}
+    return {
+        "or_filter": {
+            "filters": [{"header_filter": {"header": content_type}}, {"header_filter": {"header": transcoded}}]
+        }
+    }
+
+
+def cel_filter(expression: str) -> JsonObject:
+    """An access-log filter on a CEL expression over the request and the answer."""
+    cel = typed("envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter", expression=expression)
+    return {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": cel}}
+
+
+def json_error(code: int) -> JsonObject:
+    """The body of an answer Envoy writes itself, as the documented JSON error (``rpcStatus``) with ``code``."""
+    return {"json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%", "details": []}}
+
+
+def oip_error() -> JsonObject:
+    """The body of an answer Envoy writes itself on the Open Inference Protocol's REST paths: its ``{"error"}``."""
+    return {"json_format": {"error": "%LOCAL_REPLY_BODY%"}}
+
+
+def local_reply(jwt: bool) -> JsonObject:
+    """Every answer Envoy writes itself to a REST caller (unknown path or field, malformed JSON, body too large,
+    rate limit, no route, no healthy replica) carries the documented JSON error with ``application/json``, and its
+    code is the gRPC code of its HTTP status, as the server's own errors do; on the v2 REST paths, the protocol's
+    ``{"error": "..."}``, as the server's v2 REST port answers.
+
+    With JWTs, jwt_authn refuses a token made for another audience with 403; like every token not valid here, it
+    is a 401.
+    """
+    mappers = []
+    on_v2 = f"request.url_path.matches('^{REST_PATHS}$')"
+    if jwt:
+        expression = "response.code == 403 && response.code_details.startsWith('jwt_authn_access_denied')"
+        mappers.append(
+            {"filter": cel_filter(f"{expression} && {on_v2}"), "status_code": 401, "body_format_override": oip_error()}
+        )
+        mappers.append({"filter": cel_filter(expression), "status_code": 401, "body_format_override": json_error(16)})
+    v2_errors = {"and_filter": {"filters": [status_filter(400, "GE"), not_grpc(), cel_filter(on_v2)]}}
+    mappers.append({"filter": v2_errors, "body_format_override": oip_error()})
+    known = ", ".join(f"'{method}'" for method in HTTP_METHODS)
+    for path, regex, declared in documented_paths():
+        # Envoy's HTTP/1 codec refuses a method it does not know (QUERY, …) with a 400 before routing.
+        expression = f"response.code == 400 && !(request.method in [{known}]) && request.url_path.matches('^{regex}$')"
+        message = {"code": 12, "message": f"{path} answers {', '.join(declared)} only", "details": []}
+        mappers.append(
+            {
+                "filter": cel_filter(expression),
+                "status_code": 405,
+                "headers_to_add": [{"header": {"key": "allow", "value": ", ".join(declared)}}],
+                "body_format_override": {"json_format": message},
+            }
+        )
+    for status, code in LOCAL_REPLY_CODES.items():
+        both = {"and_filter": {"filters": [status_filter(status), not_grpc()]}}
+        mappers.append({"filter": both, "body_format_override": json_error(code)})
+    unknown = {"and_filter": {"filters": [status_filter(400, "GE"), not_grpc()]}}
+    mappers.append({"filter": unknown, "body_format_override": json_error(UNKNOWN_CODE)})
+    return {"mappers": mappers}
 
 
 def access_log() -> list[JsonObject]:
@@ -446,9 +587,9 @@ def http_connection_manager(
         },
     }
     if config.tracing_endpoint:
-        manager["tracing"] = tracing(config.trace_sample_ratio)
-    if config.jwt.jwks_file is not None:
-        manager["local_reply_config"] = jwt_local_reply()
+        ratio = config.trace_sample_ratio
+        manager["tracing"] = tracing(DEFAULT_TRACE_SAMPLE_RATIO if ratio is None else ratio)
+    manager["local_reply_config"] = local_reply(config.jwt.jwks_file is not None)
     manager["access_log"] = access_log()
     manager["http_filters"] = http_filters(config, assets / DESCRIPTOR_SET.name, public_routes)
     manager["route_config"] = route_config(edge, config.max_stream_duration_s, assets, bool(config.rest_port))

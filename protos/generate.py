@@ -24,6 +24,7 @@ the KServe v2 service also goes into the descriptor set, for its REST paths.
 from __future__ import annotations
 
 import argparse
+import copy
 import filecmp
 import importlib
 import json
@@ -37,6 +38,9 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
+
+from tensorgate.server.models.model_config import MAX_LABEL_LENGTH
+from tensorgate.server.models.repository import MAX_VERSION_DIGITS, MODEL_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
@@ -177,13 +181,15 @@ ERROR_RESPONSES = {
 
 
 def complete_openapi(spec: dict[str, Any]) -> dict[str, Any]:
-    """Add what protoc-gen-swagger leaves out: error responses, the server URL, and the real shape of the
-    streaming endpoint (a JSON array in, newline-delimited JSON out)."""
+    """Add what protoc-gen-swagger leaves out: error responses, the server URL, the real shape of the streaming
+    endpoint (a JSON array in, newline-delimited JSON out), what the server enforces, examples, and the security
+    schemes."""
     spec["info"] = {
         "title": "tensorgate",
         "version": "v1",
         "description": "REST/JSON facade of the tensorgate gRPC API, transcoded by Envoy from the same protos.",
     }
+    spec["openapi"] = "3.1.0"  # JSON Schema 2020-12: null and property names can be stated
     spec["servers"] = [{"url": "/"}]
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/rpcStatus"}}}}
     for path, operations in spec["paths"].items():
@@ -208,7 +214,167 @@ def complete_openapi(spec: dict[str, Any]) -> dict[str, Any]:
         ),
         "content": {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/v1StreamPredictResponse"}}},
     }
+    state_what_the_server_enforces(spec)
+    add_security(spec)
+    add_examples(spec, mnist_example_tensor())
     return spec
+
+
+# What the server refuses, as JSON Schema (the rules live in the server: tensorgate.server.models).
+VERSION_NUMBER = rf"[1-9][0-9]{{0,{MAX_VERSION_DIGITS - 1}}}"
+LABEL = rf"[A-Za-z_.-][A-Za-z0-9_.-]{{0,{MAX_LABEL_LENGTH - 1}}}"  # a label in a URL: not a number, URL-safe
+VERSION_OR_LABEL = f"^({VERSION_NUMBER}|{LABEL})$"
+OPTIONAL_VERSION = f"^({VERSION_NUMBER}|{LABEL})?$"
+FLOAT32_MAX = 3.4028234663852886e38
+SCALAR_RULES: dict[str, dict[str, Any]] = {
+    "float": {"minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX},
+    "int32": {"minimum": -(2**31), "maximum": 2**31 - 1},
+    "uint32": {"minimum": 0, "maximum": 2**32 - 1},
+    "int64": {"pattern": "^-?[0-9]{1,18}$"},
+    "uint64": {"pattern": "^[0-9]{1,19}$"},
+    "byte": {"pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"},
+}
+AUTH_RESPONSES = {
+    "401": "UNAUTHENTICATED: the server requires credentials (an API key or a JWT) and got none that are valid.",
+    "403": "PERMISSION_DENIED: the credentials lack the method's scope (predict or admin) or the model.",
+}
+
+
+def constrain(schema: dict[str, Any]) -> None:
+    """State the protobuf JSON mapping the transcoder applies, recursively: every scalar bounded to what its type
+    holds; ``null`` accepted for every field (it means the default value) and dropped from lists; a single value
+    where a list is expected read as a list of one; a field name is never empty; other unknown fields are ignored,
+    so messages stay open."""
+    properties = schema.get("properties", {})
+    if properties:
+        schema["propertyNames"] = {"minLength": 1}
+    for name, field in properties.items():
+        constrain(field)
+        properties[name] = nullable(field)
+    for nested in (schema.get("items"), schema.get("additionalProperties")):
+        if isinstance(nested, dict):
+            constrain(nested)
+    schema.update(SCALAR_RULES.get(schema.get("format", ""), {}))
+
+
+def nullable(field: dict[str, Any]) -> dict[str, Any]:
+    """``field`` or ``null``; for a list of scalars, also a single scalar, and null items."""
+    if "$ref" in field:
+        return {"anyOf": [{"$ref": field.pop("$ref")}, {"type": "null"}], **field}
+    items = field.get("items", {})
+    if field["type"] == "array" and "type" in items:
+        # JSON Schema applies each keyword to the types it is about (pattern to strings, minimum to numbers), so
+        # the item's rules join the list's and hold for a single value.
+        rules = {key: value for key, value in items.items() if key not in ("type", "description")}
+        items["type"] = [items["type"], "null"]
+        return {**rules, **field, "type": ["array", items["type"][0], "null"]}
+    return {**field, "type": [field["type"], "null"]}
+
+
+def require(message: dict[str, Any], *fields: str) -> None:
+    """Make ``fields`` of ``message`` required, and so never ``null``."""
+    message["required"] = list(fields)
+    for name in fields:
+        field = message["properties"][name]
+        if "anyOf" in field:
+            message["properties"][name] = {"$ref": field.pop("anyOf")[0]["$ref"], **field}
+        else:
+            field["type"] = [kind for kind in field["type"] if kind != "null"]
+
+
+def state_what_the_server_enforces(spec: dict[str, Any]) -> None:
+    """Patterns for model names, versions and labels; no field both in the path and in the body; required
+    inputs; no unspecified data type; no negative dimension; bounded scalars."""
+    schemas = spec["components"]["schemas"]
+    for schema in schemas.values():
+        constrain(schema)
+    dtype = schemas["v1DataType"]
+    dtype["enum"].remove("DATA_TYPE_UNSPECIFIED")
+    dtype.pop("default")
+    require(schemas["v1PredictRequest"], "inputs")
+    schemas["v1PredictRequest"]["properties"]["inputs"]["minProperties"] = 1
+    require(schemas["v1Tensor"], "dtype", "shape")
+    shape = schemas["v1Tensor"]["properties"]["shape"]
+    shape["pattern"] = shape["items"]["pattern"] = "^[0-9]{1,18}$"
+    for name in ("v1PredictRequest", "v1StreamPredictRequest", "v1LoadModelRequest", "v1UnloadModelRequest"):
+        schemas[name]["properties"]["version"]["pattern"] = OPTIONAL_VERSION
+    schemas["v1ReloadModelRequest"]["properties"]["version"]["pattern"] = OPTIONAL_VERSION
+    labels = schemas["v1SetModelLabelsRequest"]["properties"]["labels"]
+    labels["additionalProperties"]["pattern"] = f"^{VERSION_NUMBER}$"
+    labels["propertyNames"] = {"pattern": f"^{LABEL}$"}
+    model_name = {"type": "string", "pattern": MODEL_NAME.pattern}
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "model":
+                    parameter["schema"] = dict(model_name)
+                elif parameter["name"] == "version":
+                    pattern = VERSION_OR_LABEL if parameter["in"] == "path" else OPTIONAL_VERSION
+                    parameter["schema"] = {"type": "string", "pattern": pattern}
+            in_path = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+            body = operation.get("requestBody")
+            if body is not None and in_path:
+                operation["requestBody"] = body_without(spec, body, in_path)
+    spec["components"].pop("requestBodies", None)
+
+
+def body_without(spec: dict[str, Any], body: dict[str, Any], fields: set[str]) -> dict[str, Any]:
+    """The request body with the fields the path already binds left out: the transcoder refuses a body that
+    repeats them with another value."""
+    if "$ref" in body:
+        body = spec["components"]["requestBodies"][body["$ref"].rsplit("/", 1)[1]]
+    reference = body["content"]["application/json"]["schema"]["$ref"]
+    message = copy.deepcopy(spec["components"]["schemas"][reference.rsplit("/", 1)[1]])
+    for field in fields:
+        message["properties"].pop(field, None)
+    message["required"] = [f for f in message.get("required", []) if f not in fields]
+    if not message["required"]:
+        message.pop("required")
+    return {"required": True, "content": {"application/json": {"schema": message}}}
+
+
+def add_security(spec: dict[str, Any]) -> None:
+    """The API key header and bearer tokens (API keys or JWTs), optional as a whole: a server without keys or JWTs
+    takes calls without credentials."""
+    spec["components"]["securitySchemes"] = {
+        "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "An API key."},
+        "bearer": {"type": "http", "scheme": "bearer", "description": "A JWT (or an API key) as a bearer token."},
+    }
+    spec["security"] = [{"apiKey": []}, {"bearer": []}, {}]
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/rpcStatus"}}}}
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            for code, description in AUTH_RESPONSES.items():
+                operation["responses"][code] = {"description": description, **error}
+
+
+def mnist_example_tensor() -> dict[str, Any]:
+    """The first MNIST test image (a 7) as the reference model's input, in [0, 1] as it was trained."""
+    from tensorgate.clients.datasets import load_mnist
+
+    image = load_mnist().x_test[0].astype("float64") / 255
+    values = [round(float(v), 4) for v in image.ravel()]
+    return {"dtype": "DATA_TYPE_FLOAT32", "shape": ["1", "28", "28"], "floatValues": values}
+
+
+def add_examples(spec: dict[str, Any], image: dict[str, Any]) -> None:
+    """A working example for every operation, on the reference model ``mnist`` (``tensorgate train``)."""
+    inputs = {"keras_tensor": image}
+    bodies = {
+        "/v1/models/{model}:predict": {"inputs": inputs},
+        "/v1/models/{model}/versions/{version}:predict": {"inputs": inputs},
+        "/v1/models:streamPredict": [{"id": "7", "model": "mnist", "inputs": inputs}],
+        "/v1/models/{model}:load": {"version": "1"},
+        "/v1/models/{model}:unload": {"version": "1"},
+        "/v1/models/{model}:reload": {"version": "1"},
+        "/v1/models/{model}:setLabels": {"labels": {"stable": "1"}},
+    }
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                parameter["example"] = {"model": "mnist", "version": "1"}[parameter["name"]]
+            if path in bodies:
+                operation["requestBody"]["content"]["application/json"]["example"] = bodies[path]
 
 
 def main() -> int:

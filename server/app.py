@@ -120,6 +120,7 @@ async def serve(config: ServerConfig) -> None:
     address = f"{config.host}:{config.port}"
     credentials = server_credentials(config.tls)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    corridor.listening_on(config.host, port)
     await server.start()
     transport = "mtls" if config.tls.ca_file else "tls" if config.tls.enabled else "plaintext"
     log.info("listening", extra={"fields": {"address": f"{config.host}:{port}", "transport": transport}})
@@ -191,7 +192,7 @@ async def start_rest_ports(
     runners = []
     for port, routes in sides:
         if port:
-            side = rest.RestSide(corridor, routes, config.max_message_bytes)
+            side = rest.RestSide(corridor, routes, config.max_message_bytes, config.host, port)
             runners.append(await rest.start_site(side, config.host, port, context, shared, config.shutdown_grace_s))
             log.info("listening", extra={"fields": {"address": f"{config.host}:{port}", "api": routes[0].name}})
     return runners

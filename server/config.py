@@ -37,6 +37,7 @@ RUNTIME_DESCRIPTION = (
 # Kubernetes sets TENSORGATE_PORT=tcp://10.0.0.1:8500 in every pod of a namespace with a Service named tensorgate
 # (service links): such values are addresses of Services, never settings.
 SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
+DEFAULT_TRACE_SAMPLE_RATIO = 0.1  # share of new traces sampled when neither the settings nor OTEL_* choose
 
 
 def _split_commas(value: Any) -> Any:
@@ -224,10 +225,20 @@ class ServerConfig(BaseModel):
         0.0, ge=0, description="On SIGTERM, seconds between reporting NOT_SERVING and refusing new calls."
     )
     tracing_endpoint: str = Field(
-        "", description="OTLP/gRPC collector (host:port) for traces of the server and Envoy; empty = tracing off."
+        "",
+        description="Plaintext OTLP/gRPC collector (host:port) for traces of the server and Envoy; empty = the "
+        "server traces only when OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) is set, https:// for TLS.",
     )
-    trace_sample_ratio: float = Field(0.1, ge=0, le=1, description="Share of new traces sampled (callers' kept).")
-    service_name: str = Field("tensorgate", description="service.name of the server's spans.")
+    trace_sample_ratio: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=f"Share of new traces sampled (callers' decisions kept); unset = OTEL_TRACES_SAMPLER if set, "
+        f"else {DEFAULT_TRACE_SAMPLE_RATIO}.",
+    )
+    service_name: str = Field(
+        "", description="service.name of the server's spans; empty = OTEL_SERVICE_NAME, else tensorgate."
+    )
     api_keys_file: Path | None = Field(
         None, description="TOML file of hashed API keys and their scopes; unset = no authentication (loopback)."
     )
@@ -295,6 +306,9 @@ class ServerConfig(BaseModel):
     )
     shutdown_grace_s: float = Field(30.0, ge=0, description="Seconds in-flight calls may take to finish on SIGTERM.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
+    log_format: Literal["json", "text", "auto"] = Field(
+        "auto", description="Log lines on stderr: JSON objects, or text for people; auto = text on a terminal."
+    )
 
     @field_validator("trusted_proxies")
     @classmethod

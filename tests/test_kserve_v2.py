@@ -388,6 +388,11 @@ def test_tritonclient_through_envoy(stack: ServerProcess, mnist: MnistData) -> N
     with triton.InferenceServerClient(stack.gateway_target) as client:
         assert client.is_server_ready() and client.is_model_ready("mnist")
         got = client.infer("mnist", [infer_input("keras_tensor", x, "FP32")]).as_numpy("output_0")
+        assert client.get_model_config("mnist").config.max_batch_size == 256
+        assert statistics(client, "mnist").inference_count >= 100
+        assert ("mnist", "1", "READY") in [
+            (m.name, m.version, m.state) for m in client.get_model_repository_index().models
+        ]
     with TensorgateClient(stack.target) as own:
         np.testing.assert_array_equal(got, own.predict("mnist", x))
 

@@ -68,7 +68,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
         "edge",
     ),
     "tracing": ("tracing_endpoint", "trace_sample_ratio", "service_name"),
-    "metrics and logging": ("metrics_port", "log_level"),
+    "metrics and logging": ("metrics_port", "log_level", "log_format"),
 }
 # Arguments of serve and envoy-config that are not ServerConfig fields.
 NOT_CONFIG = ("command", "run", "config", "train_if_empty", "assets_dir", "worker_index")
@@ -218,10 +218,11 @@ def _envoy_config(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from tensorgate.server.observability.json_logging import setup_logging
+    from tensorgate.server.observability.logs import setup_logging
 
     config = config_of(args)
-    setup_logging(config.log_level, {} if args.worker_index is None else {"worker": args.worker_index})
+    worker = {} if args.worker_index is None else {"worker": args.worker_index}
+    setup_logging(config.log_level, config.log_format, worker)
     repository = config.model_repository
     if args.train_if_empty and not (repository.is_dir() and any(p.is_dir() for p in repository.iterdir())):
         from tensorgate.server.reference.training import train_mnist

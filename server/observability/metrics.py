@@ -142,7 +142,7 @@ class ModelRuntimeCollector(Collector):
 
 
 class QuietHandler(WSGIRequestHandler):
-    """Answers scrapes without writing an access line per scrape to stderr (the log is JSON lines)."""
+    """Answers scrapes without writing an access line per scrape to stderr (one line per scrape would drown the log)."""
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

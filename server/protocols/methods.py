@@ -1,4 +1,4 @@
-"""Every RPC the server's protocols answer: its gRPC path, the name its spans and metrics carry, and who may call it.
+"""Every RPC the server's protocols answer: its gRPC path (its spans' name), its metrics' name, and who may call it.
 
 One table, read by the RPC corridor (which authorizes each call for its method's scope) and by the Envoy
 renderer (which lets the public ones through without credentials), so the two can never disagree. It imports no
@@ -21,7 +21,7 @@ TFS_MODELS = "tensorflow.serving.ModelService"
 
 @dataclass(frozen=True)
 class Method:
-    """One RPC: ``/{service}/{rpc}`` on the wire, ``name`` in spans and metrics, ``scope`` None when public."""
+    """One RPC: ``/{service}/{rpc}`` on the wire and in spans, ``name`` in metrics, ``scope`` None when public."""
 
     service: str
     rpc: str

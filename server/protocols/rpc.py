@@ -29,7 +29,6 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 from prometheus_client import Counter, Histogram
 
 from tensorgate.server.errors import (
@@ -40,8 +39,14 @@ from tensorgate.server.errors import (
 )
 from tensorgate.server.models.registry import AvailableVersion, ModelRegistry
 from tensorgate.server.observability import metrics
-from tensorgate.server.observability.tracing import start_server_span
-from tensorgate.server.protocols.methods import Method, method
+from tensorgate.server.observability.tracing import (
+    Attributes,
+    end_grpc_span,
+    grpc_server_span,
+    set_model,
+    start_server_span,
+)
+from tensorgate.server.protocols.methods import METHODS, Method, method
 from tensorgate.server.security.auth import Authenticator
 from tensorgate.server.security.principal import Principal
 from tensorgate.server.serving.dataplane import Admission, DataPlane, Prediction
@@ -230,6 +235,19 @@ class Corridor:
         self.dataplane = dataplane
         self.limits = limits
         self._authenticator = authenticator
+        self.listening_on("", 0)
+
+    def listening_on(self, host: str, port: int) -> None:
+        """The address the server's port is bound to (known once it is bound), for the spans' ``server.address``
+        and ``server.port``: each method's span name and attributes are made here, once."""
+        self._spans: dict[Method, tuple[str, Attributes]] = {
+            m: grpc_server_span(m.service, m.rpc, host, port) for m in METHODS
+        }
+
+    def _start_span(self, method: Method, context: grpc.aio.ServicerContext) -> trace.Span | None:
+        """The call's server span, named and attributed by OpenTelemetry's RPC conventions (None: not traced)."""
+        name, attributes = self._spans[method]
+        return start_server_span(name, context.invocation_metadata, attributes)
 
     def service(
         self,
@@ -268,10 +286,11 @@ class Corridor:
 
     def _unary_handler(self, method: Method, request_type: type[Q], answer: Answer[Q, R]) -> grpc.RpcMethodHandler:
         async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Message:
-            span = start_server_span(method.name, context.invocation_metadata)
+            span = self._start_span(method, context)
             if span is None:
                 return await self._unary(method, request_type, answer, data, context, None)
-            with trace.use_span(span, end_on_exit=True):
+            # The status is the corridor's (end_grpc_span), not the SDK's reading of context.abort's exception.
+            with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
                 return await self._unary(method, request_type, answer, data, context, span)
 
         return grpc.unary_unary_rpc_method_handler(handle, response_serializer=_serialize)
@@ -285,7 +304,7 @@ class Corridor:
         context: grpc.aio.ServicerContext,
         span: trace.Span | None,
     ) -> R:
-        started, code, rejection = time.perf_counter(), grpc.StatusCode.OK, ""
+        started, code, rejection, message = time.perf_counter(), grpc.StatusCode.OK, "", ""
         call = self.call(context, None)
         try:
             call.principal = self._authorize(context, method.scope, 1)
@@ -295,13 +314,12 @@ class Corridor:
             raise
         except Exception as exc:
             failed = failure(exc, method.name)
-            code, rejection = failed.code, failed.rejection
-            if span is not None:
-                span.set_status(Status(StatusCode.ERROR, failed.message))
+            code, rejection, message = failed.code, failed.rejection, failed.message
             await context.abort(failed.code, failed.message, trailing_metadata=failed.trailers)
         finally:
             if span is not None:
-                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                set_model(span, call.model_label, call.version_label)
+                end_grpc_span(span, code, message)
             record(call, method.name, code, started, rejection)
         raise AssertionError("context.abort always raises")
 
@@ -319,23 +337,26 @@ class Corridor:
         costs a request of its rate: a message over the rate is refused (RESOURCE_EXHAUSTED with a retry delay,
         as its own answer) and the stream goes on; a key revoked or a token expired meanwhile ends the stream at
         its next message, after the answers already under way.
+
+        One span covers the whole stream (when sampled): the stream's status, its messages received and sent,
+        and an event per message that failed; each message's queue wait and batch show as its children and
+        links, since the reader task, which starts every message's work, runs in the span's context.
         """
-        try:
-            self._authorize(context, method.scope, 0)
-        except ServingError as exc:
-            failed = failure(exc, method.name)
-            record(self.call(context, None), method.name, failed.code, time.perf_counter(), failed.rejection)
-            await context.abort(failed.code, failed.message, trailing_metadata=failed.trailers)
+        span = self._start_span(method, context)
         slots = asyncio.Semaphore(self.limits.stream_window)
         started: asyncio.Queue[asyncio.Future[R] | None] = asyncio.Queue()
         denied: ServingError | None = None  # why the caller may no longer send
         prepare = None if stream.prepare is None else stream.prepare()
+        received = answered = 0
+        ended = Failure(grpc.StatusCode.OK, "")  # how the stream itself ends
+        outcome = "completed"
 
         async def read_requests() -> None:
-            nonlocal denied
+            nonlocal denied, received
             try:
                 async for data in requests:
                     await slots.acquire()
+                    received += 1
                     refusal: ServingError | None = None
                     principal: Principal | None = None
                     try:
@@ -350,18 +371,20 @@ class Corridor:
             finally:
                 started.put_nowait(None)
 
-        # One span for the whole stream (when sampled); each message's queue wait and batch show as its children
-        # and links: the reader task, which starts every message's work, runs in the span's context.
-        span = start_server_span(method.name, context.invocation_metadata)
         reader_context = contextvars.copy_context()
         if span is not None:
             reader_context.run(otel_context.attach, trace.set_span_in_context(span))
-        reader = asyncio.create_task(read_requests(), context=reader_context)
-        answered, outcome = 0, "completed"
+        reader: asyncio.Task[None] | None = None
         metrics.STREAMS_IN_FLIGHT.inc()
         closes_at = asyncio.get_running_loop().time() + self.limits.max_stream_duration_s
         try:
-            while True:
+            try:
+                self._authorize(context, method.scope, 0)
+            except ServingError as exc:
+                denied = exc
+            else:
+                reader = asyncio.create_task(read_requests(), context=reader_context)
+            while reader is not None:
                 try:
                     # Only the waits are timed, never the yield: the write below belongs to grpc's task.
                     async with asyncio.timeout_at(closes_at):
@@ -371,34 +394,40 @@ class Corridor:
                 except TimeoutError:
                     outcome = "expired"
                     limit = self.limits.max_stream_duration_s
-                    message = f"stream open longer than the server's limit of {limit:g} s"
-                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+                    ended = Failure(
+                        grpc.StatusCode.DEADLINE_EXCEEDED, f"stream open longer than the server's limit of {limit:g} s"
+                    )
+                    await context.abort(ended.code, ended.message)
                 yield response
                 answered += 1
                 slots.release()
-            await reader
+            if reader is not None:
+                await reader
             if denied is not None:
                 outcome = "denied"
-                failed = failure(denied, method.name)
-                record(self.call(context, None), method.name, failed.code, time.perf_counter(), failed.rejection)
-                await context.abort(failed.code, failed.message, trailing_metadata=failed.trailers)
+                ended = failure(denied, method.name)
+                record(self.call(context, None), method.name, ended.code, time.perf_counter(), ended.rejection)
+                await context.abort(ended.code, ended.message, trailing_metadata=ended.trailers)
         except (asyncio.CancelledError, GeneratorExit):
             # grpc cancels the handler or closes this generator when the client cancels, its deadline
             # passes, or the server stops: the finally clause below releases the stream's work.
-            outcome = "cancelled"
+            outcome, ended = "cancelled", Failure(grpc.StatusCode.CANCELLED, "")
             raise
         finally:
             metrics.STREAMS_IN_FLIGHT.dec()
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             while not started.empty():
                 if (task := started.get_nowait()) is not None:
                     task.cancel()
-            fields = {"method": method.rpc, "answered": answered, "outcome": outcome}
+            fields = {"method": method.rpc, "received": received, "answered": answered, "outcome": outcome}
             if span is None:
                 log.info("stream closed", extra={"fields": fields})
             else:
-                span.set_attribute("tensorgate.stream.answered", answered)
+                span.set_attribute("tensorgate.stream.messages_received", received)
+                span.set_attribute("tensorgate.stream.messages_sent", answered)
                 span.set_attribute("tensorgate.stream.outcome", outcome)
+                end_grpc_span(span, ended.code, ended.message)
                 span.end()
                 with trace.use_span(span):  # the log line carries the stream's trace id
                     log.info("stream closed", extra={"fields": fields})
@@ -431,6 +460,7 @@ class Corridor:
         except Exception as exc:
             return self._failed(method, stream, request, call, exc, started)
         record(call, method.name, grpc.StatusCode.OK, started, "")
+        set_model(trace.get_current_span(), call.model_label, call.version_label)  # the stream's span, if traced
         return response
 
     @staticmethod
@@ -439,6 +469,10 @@ class Corridor:
     ) -> R:
         failed = failure(exc, method.name)
         record(call, method.name, failed.code, started, failed.rejection)
+        # The stream's span is current here (the reader's context); a no-op when the stream is not traced.
+        trace.get_current_span().add_event(
+            "message failed", {"rpc.grpc.status_code": failed.code.value[0], "exception.message": failed.message}
+        )
         return stream.error(request, failed)
 
 

@@ -118,7 +118,6 @@ class Batcher:
         self._loop_task = asyncio.create_task(
             self._batch_loop(), name=f"batcher {self._name}", context=contextvars.Context()
         )
-        self._version = str(version)
 
     def check_room(self) -> None:
         """RESOURCE_EXHAUSTED, with the time the queue needs to drain as the retry delay, when it is full."""
@@ -284,7 +283,7 @@ class Batcher:
                 self._queue_seconds.observe(waited)
                 queued_s += waited
             self.statistics.queued(len(batch), int(queued_s * 1e9))
-            links = _trace_queue_waits(batch, examples, self._version)
+            links = _trace_queue_waits(batch, examples)
             try:
                 # A batch is traced when one of its requests is: its span links to each of them.
                 batch_span = (
@@ -362,7 +361,7 @@ def _timed_call(servable: Servable, inputs: dict[str, np.ndarray]) -> tuple[Outp
     return outputs, time.perf_counter() - started
 
 
-def _trace_queue_waits(batch: list[_Request], examples: int, version: str) -> list[trace.Link]:
+def _trace_queue_waits(batch: list[_Request], examples: int) -> list[trace.Link]:
     """End each traced request's queue span (child of its request span) and return links for the batch span."""
     links = []
     now_ns = time.time_ns()
@@ -372,7 +371,6 @@ def _trace_queue_waits(batch: list[_Request], examples: int, version: str) -> li
         parent = trace.set_span_in_context(request.span)
         tracer.start_span("queue", context=parent, start_time=request.enqueued_ns).end(end_time=now_ns)
         request.span.set_attribute("tensorgate.batch_size", examples)
-        request.span.set_attribute("tensorgate.model_version", version)
         links.append(trace.Link(request.span.get_span_context()))
     return links
 

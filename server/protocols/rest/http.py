@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,10 +28,9 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 
 from tensorgate.server.errors import InvalidArgumentError, ServingError
-from tensorgate.server.observability.tracing import start_server_span
+from tensorgate.server.observability.tracing import end_http_span, http_server_span, set_model, start_server_span
 from tensorgate.server.protocols.rpc import Call, Corridor, failure, record
 
 # gRPC status → HTTP status, as Envoy maps them (Grpc::Utility::grpcToHttpStatus), so that a REST caller gets the
@@ -116,21 +116,27 @@ def parse_json(data: bytes | memoryview, what: str) -> dict[str, Any]:
 
 
 class RestSide:
-    """The routes of one REST port, served through the corridor."""
+    """The routes of one REST port (served at ``host:port``), through the corridor."""
 
-    def __init__(self, corridor: Corridor, routes: Sequence[Route], max_body_bytes: int) -> None:
+    def __init__(self, corridor: Corridor, routes: Sequence[Route], max_body_bytes: int, host: str, port: int) -> None:
         self._corridor = corridor
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors_as_json])
         for route in routes:
-            self.app.router.add_route(route.method, route.path, self._handler(route))
+            self.app.router.add_route(route.method, route.path, self._handler(route, host, port))
 
-    def _handler(self, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def _handler(self, route: Route, host: str, port: int) -> Callable[[web.Request], Awaitable[web.Response]]:
+        # The span's route is the path template without its parameters' patterns: /v2/models/{model}{version}/infer.
+        span_name, attributes = http_server_span(
+            route.method, re.sub(r"\{(\w+):[^{}]*\}", r"{\1}", route.path), host, port
+        )
+
         async def handle(request: web.Request) -> web.Response:
             headers = [(name.lower(), value) for name, value in request.headers.items()]
-            span = start_server_span(route.name, lambda: headers)
+            span = start_server_span(span_name, lambda: headers, attributes)
             if span is None:
                 return await self._serve(route, request, headers, None)
-            with trace.use_span(span, end_on_exit=True):
+            # The status is the corridor's (end_http_span), not the SDK's reading of an exception.
+            with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
                 return await self._serve(route, request, headers, span)
 
         return handle
@@ -138,28 +144,30 @@ class RestSide:
     async def _serve(
         self, route: Route, request: web.Request, headers: list[tuple[str, str]], span: trace.Span | None
     ) -> web.Response:
-        started, code = time.perf_counter(), grpc.StatusCode.OK
+        started, code, message = time.perf_counter(), grpc.StatusCode.OK, ""
         corridor = self._corridor
         call = Call(corridor, corridor.limits.time_left(None), None)
-        rejection = ""
+        rejection, status = "", 200
         try:
             call.principal = corridor.authorize(headers, _peer(request), route.scope, 1)
-            return await route.handler(request, call)
+            response = await route.handler(request, call)
+            status = response.status
+            return response
         except web.HTTPException as exc:  # the request body over the size limit
             code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.status == 413 else grpc.StatusCode.INVALID_ARGUMENT
-            return json_response({"error": exc.text or exc.reason}, exc.status)
+            status, message = exc.status, exc.text or exc.reason
+            return json_response({"error": message}, status)
         except Exception as exc:
             failed = failure(exc, route.name)
-            code, rejection = failed.code, failed.rejection
-            if span is not None:
-                span.set_status(Status(StatusCode.ERROR, failed.message))
+            code, rejection, message, status = failed.code, failed.rejection, failed.message, HTTP_STATUS[failed.code]
             headers_out = None
             if failed.retry_after_s is not None:
                 headers_out = {"Retry-After": str(max(1, math.ceil(failed.retry_after_s)))}
-            return json_response({"error": failed.message}, HTTP_STATUS[failed.code], headers_out)
+            return json_response({"error": message}, status, headers_out)
         finally:
             if span is not None:
-                span.set_attribute("http.response.status_code", HTTP_STATUS[code])
+                set_model(span, call.model_label, call.version_label)
+                end_http_span(span, status, message)
             record(call, route.name, code, started, rejection)
 
 
