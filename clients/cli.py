@@ -1,4 +1,5 @@
-"""The client commands of ``tensorgate``: predict, classify, models.
+"""The client commands of ``tensorgate``: predict, classify, models, and the admin commands load, unload, reload
+and labels.
 
 They need only the client package: nothing here imports the server (``tensorgate.server.commands.cli`` adds the
 operator's commands, serve, train, keys, ..., to these for the installed ``tensorgate`` command).
@@ -12,6 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from importlib import metadata as distribution
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,6 +28,12 @@ from tensorgate.v1.model_service_pb2 import GetModelMetadataResponse, Model, Mod
 
 DEFAULT_TARGET = "127.0.0.1:8500"
 REFERENCE_MODEL = "mnist"
+# The admin commands that take a model and an optional version: the client's method, and what it does.
+ADMIN_COMMANDS = {
+    "load": ("load_model", "serve a version even where the version policy would not (or all the policy wants)"),
+    "unload": ("unload_model", "stop serving a version (or the model) until the next reload"),
+    "reload": ("reload_model", "re-read a model's configuration and load fresh copies of its versions"),
+}
 
 Command = Callable[[argparse.Namespace], int]
 Subcommands = argparse._SubParsersAction  # what add_subparsers returns (argparse names no public type for it)
@@ -41,8 +49,13 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
 
 
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """``--version``: the installed distribution's version."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s {distribution.version('tensorgate')}")
+
+
 def add_client_commands(commands: Subcommands) -> None:
-    """Add predict, classify and models to ``commands``; each parser's ``run`` default is its handler."""
+    """Add the client's commands to ``commands``; each parser's ``run`` default is its handler."""
     predict = commands.add_parser("predict", help="classify one image (PNG, JPEG) or .npy file")
     predict.add_argument("file", type=Path)
     predict.add_argument("--model", default=REFERENCE_MODEL)
@@ -65,10 +78,25 @@ def add_client_commands(commands: Subcommands) -> None:
     _add_target(models)
     models.set_defaults(run=_models)
 
+    for name, (method, action) in ADMIN_COMMANDS.items():
+        admin = commands.add_parser(name, help=f"{action} (admin scope)")
+        admin.add_argument("model")
+        admin.add_argument("model_version", nargs="?", default="", metavar="version", help="one version (default: all)")
+        _add_target(admin)
+        admin.set_defaults(run=_admin, method=method)
+
+    labels = commands.add_parser("labels", help="point a model's labels at versions (admin scope)")
+    labels.add_argument("model")
+    labels.add_argument("labels", nargs="*", metavar="LABEL=VERSION", help="the model's labels, replacing all others")
+    labels.add_argument("--clear", action="store_true", help="remove every label of the model")
+    _add_target(labels)
+    labels.set_defaults(run=_labels)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The client commands alone (what a machine without the server's packages can run)."""
     parser = argparse.ArgumentParser(prog="tensorgate", description="The client commands of tensorgate.")
+    add_version(parser)
     add_client_commands(parser.add_subparsers(dest="command", required=True))
     return parser
 
@@ -109,10 +137,10 @@ def _as_batch(x: np.ndarray, rank: int | None) -> np.ndarray:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    examples = load_examples(args.file)
     with _client(args) as client:
         metadata, input_name, dtype = _model_input(client, args.model, args.version)
         spec = metadata.inputs[0]
+        examples = load_examples(args.file, image_input=spec)
         x = _as_batch(to_model_input(examples.x, dtype), None if spec.unknown_rank else len(spec.shape))
         outputs = client.predict_tensors(args.model, {input_name: x}, args.version)
     for name, value in outputs.items():
@@ -126,10 +154,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    examples = load_examples(args.source, cache_dir=args.cache_dir)
     started = time.monotonic()
     with _client(args) as client:
-        _, input_name, dtype = _model_input(client, args.model, args.version)
+        metadata, input_name, dtype = _model_input(client, args.model, args.version)
+        examples = load_examples(args.source, cache_dir=args.cache_dir, image_input=metadata.inputs[0])
         x = to_model_input(examples.x, dtype)
         batches = ({input_name: x[i : i + args.batch_size]} for i in range(0, len(x), args.batch_size))
         results = client.stream_predict_batches(args.model, batches, args.version)
@@ -184,6 +212,8 @@ def _state_name(state: int) -> str:
 
 def _print_model(model: Model) -> None:
     print(model.name)
+    if model.labels:
+        print("  labels: " + " ".join(f"{label}={number}" for label, number in sorted(model.labels.items())))
     for version in model.versions:
         line = f"  version {version.version}: {_state_name(version.state)}"
         line += f" on {version.device}" if version.device else ""
@@ -205,6 +235,32 @@ def _models(args: argparse.Namespace) -> int:
         for spec in specs:
             shape = "any rank" if spec.unknown_rank else list(spec.shape)
             print(f"    {kind} {spec.name}: {codec.dtype_name(spec.dtype)} {shape}")
+    return 0
+
+
+def _admin(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print_model(getattr(client, args.method)(args.model, args.model_version))
+    return 0
+
+
+def _parse_labels(pairs: Sequence[str]) -> dict[str, int]:
+    """``stable=3 canary=4`` as {"stable": 3, "canary": 4}; ValueError naming a malformed pair."""
+    labels = {}
+    for pair in pairs:
+        label, _, number = pair.partition("=")
+        if not label or not number.isdigit() or int(number) < 1:
+            raise ValueError(f"a label is LABEL=VERSION with a version number, e.g. stable=3; got {pair!r}")
+        labels[label] = int(number)
+    return labels
+
+
+def _labels(args: argparse.Namespace) -> int:
+    if bool(args.labels) == args.clear:
+        raise ValueError("give LABEL=VERSION pairs, or --clear to remove every label")
+    labels = _parse_labels(args.labels)
+    with _client(args) as client:
+        _print_model(client.set_model_labels(args.model, labels))
     return 0
 
 

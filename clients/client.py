@@ -12,11 +12,13 @@ import random
 import re
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import grpc
 import numpy as np
@@ -25,18 +27,29 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from tensorgate.clients import health
 from tensorgate.v1 import codec, inference_service_pb2_grpc, model_service_pb2_grpc
-from tensorgate.v1.inference_service_pb2 import PredictRequest, StreamPredictRequest, StreamPredictResponse
+from tensorgate.v1.inference_service_pb2 import (
+    PredictRequest,
+    PredictResponse,
+    StreamPredictRequest,
+    StreamPredictResponse,
+)
 from tensorgate.v1.model_service_pb2 import (
     GetModelMetadataRequest,
     GetModelMetadataResponse,
     GetModelStatusRequest,
     ListModelsRequest,
+    LoadModelRequest,
     Model,
+    ModelVersionState,
+    ReloadModelRequest,
+    SetModelLabelsRequest,
+    UnloadModelRequest,
 )
 
 MiB = 1024 * 1024
-_tracer = trace.get_tracer("tensorgate.client")
+tracer = trace.get_tracer("tensorgate.client")  # the spans of both clients (ClientBase._start_span)
 INFERENCE_SERVICE = "tensorgate.v1.InferenceService"
 MODEL_SERVICE = "tensorgate.v1.ModelService"
 
@@ -221,14 +234,19 @@ class _Outbox:
 
 @dataclass(frozen=True)
 class _Stubs:
-    """The stubs of one channel."""
+    """The stubs of one channel (the generated stubs serve a ``grpc`` and a ``grpc.aio`` channel alike)."""
 
     inference: inference_service_pb2_grpc.InferenceServiceStub
     models: model_service_pb2_grpc.ModelServiceStub
+    health: Any  # a unary-unary callable of grpc.health.v1.Health/Check, bytes in and out
 
 
-class TensorgateClient:
-    """A connection to one tensorgate server (or to Envoy in front of it)."""
+Metadata = Sequence[tuple[str, str]]
+Channel = TypeVar("Channel")
+
+
+class ClientBase(ABC, Generic[Channel]):
+    """What the synchronous and the asyncio client share: channels, credentials, per-call options, round-robin."""
 
     def __init__(
         self,
@@ -241,8 +259,9 @@ class TensorgateClient:
         channels: int = 1,
         stream_retry: StreamRetryPolicy = StreamRetryPolicy(),
     ) -> None:
-        """``api_key`` travels as ``x-api-key``, a JWT ``token`` as ``authorization: Bearer``; ``tls`` = None is
-        plaintext (loopback development).
+        """``timeout_s`` is every call's deadline unless the call names its own; ``api_key`` travels as
+        ``x-api-key``, a JWT ``token`` as ``authorization: Bearer``; ``tls`` = None is plaintext (loopback
+        development).
 
         A channel is one HTTP/2 connection, which stays on one server process. ``channels`` > 1 opens that many
         connections, each in a subchannel pool of its own (otherwise gRPC would share one connection between
@@ -255,7 +274,7 @@ class TensorgateClient:
             raise ValueError(f"channels must be at least 1, got {channels}")
         if stream_retry.max_attempts < 1:
             raise ValueError(f"stream_retry.max_attempts must be at least 1, got {stream_retry.max_attempts}")
-        options = [
+        options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.service_config", RETRY_SERVICE_CONFIG),
@@ -263,16 +282,12 @@ class TensorgateClient:
         if channels > 1:
             options.append(("grpc.use_local_subchannel_pool", 1))
         credentials = None if tls is None else tls.credentials()
-        self._channels = [
-            grpc.insecure_channel(target, options=options)
-            if credentials is None
-            else grpc.secure_channel(target, credentials, options=options)
-            for _ in range(channels)
-        ]
+        self._channels = [self._open_channel(target, credentials, options) for _ in range(channels)]
         self._stubs = [
             _Stubs(
                 inference_service_pb2_grpc.InferenceServiceStub(channel),
                 model_service_pb2_grpc.ModelServiceStub(channel),
+                channel.unary_unary(health.CHECK),  # type: ignore[attr-defined]
             )
             for channel in self._channels
         ]
@@ -283,12 +298,78 @@ class TensorgateClient:
         self._credentials = ((("x-api-key", api_key),) if api_key else ()) + (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
-        host, port = _host_and_port(target)
+        host, port = host_and_port(target)
         self._span_attributes: dict[str, AttributeValue] = {
             "rpc.system": "grpc",
             "server.address": host,
             "server.port": port,
         }
+
+    @abstractmethod
+    def _open_channel(
+        self, target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
+    ) -> Channel:
+        """One channel to ``target`` (TLS with ``credentials``, plaintext without)."""
+
+    def _pick(self) -> _Stubs:
+        """The next channel's stubs, round-robin (``next`` on a cycle is atomic under the GIL: thread-safe)."""
+        return next(self._next_stubs)
+
+    def _options(self, timeout_s: float | None, metadata: Metadata) -> dict[str, Any]:
+        """The keyword arguments of one unary call: its deadline (the client's unless given) and metadata."""
+        return {"timeout": self._timeout_s if timeout_s is None else timeout_s, "metadata": self._metadata(metadata)}
+
+    def _stream_options(
+        self, timeout_s: float | None, metadata: Metadata, context: otel_context.Context
+    ) -> dict[str, Any]:
+        """The keyword arguments of one stream: its deadline (None: none) and metadata, with ``context``'s trace."""
+        return {"timeout": timeout_s, "metadata": self._metadata(metadata, context)}
+
+    def _metadata(self, metadata: Metadata, context: otel_context.Context | None = None) -> tuple[tuple[str, str], ...]:
+        """The credentials, the caller's metadata and the W3C trace context of ``context`` (default: the current
+        one)."""
+        return self._credentials + tuple(metadata) + _trace_metadata(context)
+
+    def _start_span(self, service: str, rpc: str, model: str) -> trace.Span:
+        """The client span of one call, by OpenTelemetry's RPC conventions (a no-op span when the application
+        traces nothing)."""
+        attributes = {**self._span_attributes, "rpc.service": service, "rpc.method": rpc}
+        if model:
+            attributes["tensorgate.model.name"] = model
+        return tracer.start_span(f"{service}/{rpc}", kind=SpanKind.CLIENT, attributes=attributes)
+
+    @contextmanager
+    def _span(self, service: str, rpc: str, model: str) -> Iterator[trace.Span]:
+        """``_start_span`` as the current span around a unary call (sync or async), ended with the call's status."""
+        span = self._start_span(service, rpc, model)
+        with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+            try:
+                yield span
+            except grpc.RpcError as exc:
+                end_span(span, exc.code(), exc.details())
+                raise
+            end_span(span, grpc.StatusCode.OK)
+
+    def _stream_span(self, model: str) -> tuple[trace.Span, otel_context.Context]:
+        """The client span of one StreamPredict stream and the context its metadata carries. Never made current:
+        the stream's generator yields to the caller's code in between."""
+        span = self._start_span(INFERENCE_SERVICE, "StreamPredict", model)
+        return span, trace.set_span_in_context(span)
+
+
+class TensorgateClient(ClientBase[grpc.Channel]):
+    """A connection to one tensorgate server (or to Envoy in front of it).
+
+    Every call takes ``timeout_s`` (seconds; the client's default when None) and ``metadata`` (extra gRPC metadata
+    pairs sent with the call) as keyword arguments.
+    """
+
+    def _open_channel(
+        self, target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
+    ) -> grpc.Channel:
+        if credentials is None:
+            return grpc.insecure_channel(target, options=options)
+        return grpc.secure_channel(target, credentials, options=options)
 
     def __enter__(self) -> TensorgateClient:
         return self
@@ -301,12 +382,50 @@ class TensorgateClient:
         for channel in self._channels:
             channel.close()
 
-    def predict(self, model: str, x: np.ndarray, version: str = "", output: str | None = None) -> np.ndarray:
+    def server_live(self, *, timeout_s: float | None = None, metadata: Metadata = ()) -> bool:
+        """Whether the server answers (its gRPC health check of the model service says SERVING)."""
+        return self._health(health.LIVE_SERVICE, timeout_s, metadata)
+
+    def server_ready(self, *, timeout_s: float | None = None, metadata: Metadata = ()) -> bool:
+        """Whether the server takes inference requests (its overall gRPC health check says SERVING)."""
+        return self._health("", timeout_s, metadata)
+
+    def _health(self, service: str, timeout_s: float | None, metadata: Metadata) -> bool:
+        try:
+            answer = self._pick().health(health.request(service), **self._options(timeout_s, metadata))
+        except grpc.RpcError as exc:
+            if health_unanswered(exc):
+                return False
+            raise
+        return health.serving(answer)
+
+    def model_ready(
+        self, model: str, version: str = "", *, timeout_s: float | None = None, metadata: Metadata = ()
+    ) -> bool:
+        """Whether ``model`` (or the version, a number) has a version serving requests; False for an unknown one."""
+        try:
+            return ready(self.model_status(model, version, timeout_s=timeout_s, metadata=metadata))
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+
+    def predict(
+        self,
+        model: str,
+        x: np.ndarray,
+        version: str = "",
+        output: str | None = None,
+        *,
+        timeout_s: float | None = None,
+        metadata: Metadata = (),
+    ) -> np.ndarray:
         """Run a single-input model on the batch ``x``; returns its output (or the named one)."""
+        name = self._input_name(model, version, timeout_s, metadata)
         outputs = self.predict_tensors(
-            model, {self._input_name(model, version): x}, version, [output] if output else ()
+            model, {name: x}, version, [output] if output else (), timeout_s=timeout_s, metadata=metadata
         )
-        return _single(outputs, output)
+        return single_output(outputs, output)
 
     def predict_tensors(
         self,
@@ -314,14 +433,15 @@ class TensorgateClient:
         inputs: Mapping[str, np.ndarray],
         version: str = "",
         output_filter: Sequence[str] = (),
+        *,
+        timeout_s: float | None = None,
+        metadata: Metadata = (),
     ) -> dict[str, np.ndarray]:
         """Run a model on named inputs; returns its outputs by name."""
-        request = PredictRequest(model=model, version=version, output_filter=output_filter)
-        for name, array in inputs.items():
-            codec.encode_into(np.asarray(array), request.inputs[name])
+        request = predict_request(model, inputs, version, output_filter)
         with self._span(INFERENCE_SERVICE, "Predict", model):
-            response = self._pick().inference.Predict(request, timeout=self._timeout_s, metadata=self._metadata())
-        return {name: codec.decode(tensor, name) for name, tensor in response.outputs.items()}
+            response = self._pick().inference.Predict(request, **self._options(timeout_s, metadata))
+        return outputs_of(response)
 
     def stream_predict(
         self,
@@ -331,20 +451,26 @@ class TensorgateClient:
         version: str = "",
         output: str | None = None,
         timeout_s: float | None = None,
+        *,
+        metadata: Metadata = (),
     ) -> Iterator[np.ndarray]:
         """Stream single examples through StreamPredict; yields one result per example, in order.
 
         Examples are grouped into requests of ``batch_size``. Requests are
         produced lazily as the server reads them, so an endless iterable is
         fine: memory stays bounded by the server's stream window. A request
-        that fails raises StreamItemError.
+        that fails raises StreamItemError. ``timeout_s`` bounds the whole stream (None: no bound).
         """
-        input_name = self._input_name(model, version)
+        input_name = self._input_name(model, version, None, metadata)
         responses = self.stream_predict_batches(
-            model, ({input_name: batch} for batch in _batches(examples, batch_size)), version, timeout_s
+            model,
+            ({input_name: batch} for batch in batches_of(examples, batch_size)),
+            version,
+            timeout_s,
+            metadata=metadata,
         )
         for response in responses:
-            yield from _single(response, output)
+            yield from single_output(response, output)
 
     def stream_predict_batches(
         self,
@@ -352,6 +478,8 @@ class TensorgateClient:
         batches: Iterable[Mapping[str, np.ndarray]],
         version: str = "",
         timeout_s: float | None = None,
+        *,
+        metadata: Metadata = (),
     ) -> Iterator[dict[str, np.ndarray]]:
         """Stream batches of named inputs; yields each batch's outputs by name, in order.
 
@@ -359,25 +487,14 @@ class TensorgateClient:
         resumed on a new stream as ``StreamRetryPolicy`` allows: the answers already yielded stay, the requests not
         answered yet are sent again with their ids, so every batch is answered exactly once and in order. Any
         other failure, or the last attempt's, raises its ``grpc.RpcError``. ``timeout_s`` bounds the whole call,
-        resumed streams included.
+        resumed streams included (None: no bound).
         """
-
-        def requests() -> Iterator[StreamPredictRequest]:
-            for index, inputs in enumerate(batches):
-                request = StreamPredictRequest(id=str(index), model=model, version=version)
-                for name, array in inputs.items():
-                    codec.encode_into(np.asarray(array), request.inputs[name])
-                yield request
-
-        policy = self._stream_retry
-        outbox = _Outbox(requests())
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        failures, backoff_s = 0, policy.initial_backoff_s  # streams in a row that ended without an answer
+        outbox = _Outbox(stream_request(str(index), model, inputs, version) for index, inputs in enumerate(batches))
+        resume = Resumption(self._stream_retry, timeout_s)
         while True:
             answered_before = outbox.answered
-            remaining_s = None if deadline is None else deadline - time.monotonic()
-            # One span per stream, never current: this generator yields to the caller's code in between.
-            span = self._start_span(INFERENCE_SERVICE, "StreamPredict", model)
+            span, context = self._stream_span(model)
+            options = self._stream_options(resume.remaining_s(), metadata, context)
             sent = 0
 
             def counted(requests: Iterator[StreamPredictRequest]) -> Iterator[StreamPredictRequest]:
@@ -386,91 +503,155 @@ class TensorgateClient:
                     sent += 1
                     yield request
 
-            metadata = self._credentials + _trace_metadata(trace.set_span_in_context(span))
-            call = self._pick().inference.StreamPredict(
-                counted(outbox.requests()), timeout=remaining_s, metadata=metadata
-            )
+            call = self._pick().inference.StreamPredict(counted(outbox.requests()), **options)
             try:
                 for response in call:
                     outbox.answer(response)
-                    yield _outputs_of(response)
-                _end_span(span, grpc.StatusCode.OK)
+                    yield stream_outputs_of(response)
+                end_span(span, grpc.StatusCode.OK)
                 return
             except grpc.RpcError as exc:
-                _end_span(span, exc.code(), exc.details())
-                if outbox.answered > answered_before:
-                    failures, backoff_s = 0, policy.initial_backoff_s
-                failures += 1
-                if not stream_interrupted(exc) or failures >= policy.max_attempts:
-                    raise
-                pause_s = random.uniform(0, backoff_s)
-                if deadline is not None and time.monotonic() + pause_s >= deadline:
-                    raise
-                time.sleep(pause_s)
-                backoff_s = min(backoff_s * policy.backoff_multiplier, policy.max_backoff_s)
+                end_span(span, exc.code(), exc.details())
+                time.sleep(resume.pause_s(exc, outbox.answered > answered_before))
             finally:
                 call.cancel()
                 outbox.close()
-                span.set_attribute("tensorgate.stream.messages_sent", sent)
-                span.set_attribute("tensorgate.stream.messages_received", outbox.answered - answered_before)
-                span.end()  # a stream the caller stopped reading ends unset (CANCELLED is not the server's answer)
+                end_stream_span(span, sent, outbox.answered - answered_before)
 
-    def list_models(self) -> list[Model]:
+    def list_models(self, *, timeout_s: float | None = None, metadata: Metadata = ()) -> list[Model]:
         """Every model of the server with its versions' states."""
-        request = ListModelsRequest()
         with self._span(MODEL_SERVICE, "ListModels", ""):
-            response = self._pick().models.ListModels(request, timeout=self._timeout_s, metadata=self._metadata())
-        return list(response.models)
+            return list(
+                self._pick().models.ListModels(ListModelsRequest(), **self._options(timeout_s, metadata)).models
+            )
 
-    def model_status(self, model: str, version: str = "") -> Model:
-        """The state of a model's versions (or of one version)."""
+    def model_status(
+        self, model: str, version: str = "", *, timeout_s: float | None = None, metadata: Metadata = ()
+    ) -> Model:
+        """The state of a model's versions (or of one version) and its labels."""
         request = GetModelStatusRequest(model=model, version=version)
         with self._span(MODEL_SERVICE, "GetModelStatus", model):
-            return self._pick().models.GetModelStatus(request, timeout=self._timeout_s, metadata=self._metadata()).model
+            return self._pick().models.GetModelStatus(request, **self._options(timeout_s, metadata)).model
 
-    def model_metadata(self, model: str, version: str = "") -> GetModelMetadataResponse:
+    def model_metadata(
+        self, model: str, version: str = "", *, timeout_s: float | None = None, metadata: Metadata = ()
+    ) -> GetModelMetadataResponse:
         """The serving signature of a model version."""
         request = GetModelMetadataRequest(model=model, version=version)
         with self._span(MODEL_SERVICE, "GetModelMetadata", model):
-            return self._pick().models.GetModelMetadata(request, timeout=self._timeout_s, metadata=self._metadata())
+            return self._pick().models.GetModelMetadata(request, **self._options(timeout_s, metadata))
 
-    def _pick(self) -> _Stubs:
-        """The next channel's stubs, round-robin (``next`` on a cycle is atomic under the GIL: thread-safe)."""
-        return next(self._next_stubs)
+    def load_model(
+        self, model: str, version: str = "", *, timeout_s: float | None = None, metadata: Metadata = ()
+    ) -> Model:
+        """Serve a version even where the version policy would not (or all the policy wants); the model after.
+        Needs the admin scope."""
+        request = LoadModelRequest(model=model, version=version)
+        with self._span(MODEL_SERVICE, "LoadModel", model):
+            return self._pick().models.LoadModel(request, **self._options(timeout_s, metadata)).model
 
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
-        """Credentials and the W3C trace context of the current span."""
-        return self._credentials + _trace_metadata()
+    def unload_model(
+        self, model: str, version: str = "", *, timeout_s: float | None = None, metadata: Metadata = ()
+    ) -> Model:
+        """Stop serving a version (or the model) until the next reload; the model after. Needs the admin scope."""
+        request = UnloadModelRequest(model=model, version=version)
+        with self._span(MODEL_SERVICE, "UnloadModel", model):
+            return self._pick().models.UnloadModel(request, **self._options(timeout_s, metadata)).model
 
-    def _start_span(self, service: str, rpc: str, model: str) -> trace.Span:
-        """The client span of one call, by OpenTelemetry's RPC conventions (a no-op span when the application
-        traces nothing)."""
-        attributes = {**self._span_attributes, "rpc.service": service, "rpc.method": rpc}
-        if model:
-            attributes["tensorgate.model.name"] = model
-        return _tracer.start_span(f"{service}/{rpc}", kind=SpanKind.CLIENT, attributes=attributes)
+    def reload_model(
+        self, model: str, version: str = "", *, timeout_s: float | None = None, metadata: Metadata = ()
+    ) -> Model:
+        """Re-read the model's configuration and load fresh copies of its versions (or of one); the model after.
+        Needs the admin scope."""
+        request = ReloadModelRequest(model=model, version=version)
+        with self._span(MODEL_SERVICE, "ReloadModel", model):
+            return self._pick().models.ReloadModel(request, **self._options(timeout_s, metadata)).model
 
-    @contextmanager
-    def _span(self, service: str, rpc: str, model: str) -> Iterator[trace.Span]:
-        """``_start_span`` as the current span around a unary call, ended with the call's status."""
-        span = self._start_span(service, rpc, model)
-        with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
-            try:
-                yield span
-            except grpc.RpcError as exc:
-                _end_span(span, exc.code(), exc.details())
-                raise
-            _end_span(span, grpc.StatusCode.OK)
+    def set_model_labels(
+        self, model: str, labels: Mapping[str, int], *, timeout_s: float | None = None, metadata: Metadata = ()
+    ) -> Model:
+        """Replace the model's labels (name to version number; empty removes them all); the model after. Needs the
+        admin scope."""
+        request = SetModelLabelsRequest(model=model, labels=dict(labels))
+        with self._span(MODEL_SERVICE, "SetModelLabels", model):
+            return self._pick().models.SetModelLabels(request, **self._options(timeout_s, metadata)).model
 
-    def _input_name(self, model: str, version: str) -> str:
+    def _input_name(self, model: str, version: str, timeout_s: float | None, metadata: Metadata) -> str:
         key = (model, version)
         if key not in self._input_names:
-            inputs = self.model_metadata(model, version).inputs
-            if len(inputs) != 1:
-                names = [spec.name for spec in inputs]
-                raise ValueError(f"model {model!r} takes {len(inputs)} inputs {names}; use predict_tensors")
-            self._input_names[key] = inputs[0].name
+            self._input_names[key] = single_input(
+                self.model_metadata(model, version, timeout_s=timeout_s, metadata=metadata)
+            )
         return self._input_names[key]
+
+
+class Resumption:
+    """The bookkeeping of StreamRetryPolicy over one call: streams in a row without an answer, the backoff, the
+    call's deadline."""
+
+    def __init__(self, policy: StreamRetryPolicy, timeout_s: float | None) -> None:
+        self._policy = policy
+        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._failures = 0
+        self._backoff_s = policy.initial_backoff_s
+
+    def remaining_s(self) -> float | None:
+        """What is left of the call's deadline (None: no deadline)."""
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def pause_s(self, error: grpc.RpcError, answered: bool) -> float:
+        """How long to wait before a new stream resumes the call that ``error`` interrupted (``answered``: the
+        failed stream got answers); re-raises ``error`` when the call must not be resumed."""
+        policy = self._policy
+        if answered:
+            self._failures, self._backoff_s = 0, policy.initial_backoff_s
+        self._failures += 1
+        if not stream_interrupted(error) or self._failures >= policy.max_attempts:
+            raise error
+        pause_s = random.uniform(0, self._backoff_s)
+        if self._deadline is not None and time.monotonic() + pause_s >= self._deadline:
+            raise error
+        self._backoff_s = min(self._backoff_s * policy.backoff_multiplier, policy.max_backoff_s)
+        return pause_s
+
+
+def health_unanswered(error: grpc.RpcError) -> bool:
+    """Whether a health check failed because nothing answered it (the server is down or unreachable), which makes
+    the answer "no" rather than an error."""
+    return error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def ready(model: Model) -> bool:
+    """Whether one of the model's versions is AVAILABLE."""
+    return any(version.state == ModelVersionState.MODEL_VERSION_STATE_AVAILABLE for version in model.versions)
+
+
+def single_input(metadata: GetModelMetadataResponse) -> str:
+    """The name of a model's one input; ValueError for a model with several."""
+    if len(metadata.inputs) != 1:
+        names = [spec.name for spec in metadata.inputs]
+        raise ValueError(f"model {metadata.model!r} takes {len(metadata.inputs)} inputs {names}; use predict_tensors")
+    return str(metadata.inputs[0].name)
+
+
+def predict_request(
+    model: str, inputs: Mapping[str, np.ndarray], version: str, output_filter: Sequence[str]
+) -> PredictRequest:
+    request = PredictRequest(model=model, version=version, output_filter=output_filter)
+    for name, array in inputs.items():
+        codec.encode_into(np.asarray(array), request.inputs[name])
+    return request
+
+
+def stream_request(request_id: str, model: str, inputs: Mapping[str, np.ndarray], version: str) -> StreamPredictRequest:
+    request = StreamPredictRequest(id=request_id, model=model, version=version)
+    for name, array in inputs.items():
+        codec.encode_into(np.asarray(array), request.inputs[name])
+    return request
+
+
+def outputs_of(response: PredictResponse) -> dict[str, np.ndarray]:
+    return {name: codec.decode(tensor, name) for name, tensor in response.outputs.items()}
 
 
 def _trace_metadata(context: otel_context.Context | None = None) -> tuple[tuple[str, str], ...]:
@@ -481,7 +662,7 @@ def _trace_metadata(context: otel_context.Context | None = None) -> tuple[tuple[
     return tuple(carrier.items())
 
 
-def _end_span(span: trace.Span, code: grpc.StatusCode | None, message: str | None = None) -> None:
+def end_span(span: trace.Span, code: grpc.StatusCode | None, message: str | None = None) -> None:
     """The call's gRPC status on its client span: on a client every status but OK is an error (OpenTelemetry's
     gRPC conventions)."""
     code = code or grpc.StatusCode.UNKNOWN
@@ -490,7 +671,15 @@ def _end_span(span: trace.Span, code: grpc.StatusCode | None, message: str | Non
         span.set_status(Status(StatusCode.ERROR, message or code.name))
 
 
-def _host_and_port(target: str) -> tuple[str, int]:
+def end_stream_span(span: trace.Span, sent: int, received: int) -> None:
+    """A stream span's message counts; a stream the caller stopped reading ends unset (CANCELLED is not the
+    server's answer)."""
+    span.set_attribute("tensorgate.stream.messages_sent", sent)
+    span.set_attribute("tensorgate.stream.messages_received", received)
+    span.end()
+
+
+def host_and_port(target: str) -> tuple[str, int]:
     """The host and port a gRPC target names (``host:port``, ``[v6]:port``, ``dns:///host:port``; port 443 when
     none is given, gRPC's default)."""
     address = target.rsplit("/", 1)[-1] if "://" in target or target.startswith("dns:") else target
@@ -500,13 +689,14 @@ def _host_and_port(target: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _batches(examples: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+def batches_of(examples: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
     iterator = iter(examples)
     while chunk := list(itertools.islice(iterator, batch_size)):
         yield np.stack(chunk)
 
 
-def _outputs_of(response: StreamPredictResponse) -> dict[str, np.ndarray]:
+def stream_outputs_of(response: StreamPredictResponse) -> dict[str, np.ndarray]:
+    """One stream answer's outputs by name; StreamItemError when the server answered its request with an error."""
     if response.HasField("error"):
         raise StreamItemError(
             response.id, _CODES.get(response.error.code, grpc.StatusCode.UNKNOWN), response.error.message
@@ -514,7 +704,7 @@ def _outputs_of(response: StreamPredictResponse) -> dict[str, np.ndarray]:
     return {name: codec.decode(tensor, name) for name, tensor in response.outputs.items()}
 
 
-def _single(outputs: dict[str, np.ndarray], name: str | None) -> np.ndarray:
+def single_output(outputs: dict[str, np.ndarray], name: str | None) -> np.ndarray:
     if name is not None:
         return outputs[name]
     if len(outputs) != 1:

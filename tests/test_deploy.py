@@ -129,14 +129,19 @@ def test_dockerfile_pins_its_base_copies_real_files_and_runs_unprivileged(docker
             assert all((ROOT / source).exists() for source in sources), args
 
 
-@pytest.mark.parametrize(("dockerfile", "extra"), [("server.Dockerfile", "cpu"), ("server-gpu.Dockerfile", "gpu")])
+@pytest.mark.parametrize(
+    ("dockerfile", "extra"), [("server.Dockerfile", "server"), ("server-gpu.Dockerfile", "server-gpu")]
+)
 def test_server_images_run_the_server_alone(dockerfile: str, extra: str, mounted: Path) -> None:
     steps = dict(instructions(DEPLOY / "docker" / dockerfile))  # of repeated instructions, the last one counts
-    assert json.loads(steps["ENTRYPOINT"]) == ["tensorgate", "serve", "--gateway", "false"]  # Envoy runs apart
+    assert json.loads(steps["ENTRYPOINT"]) == ["tensorgate", "serve", "--no-gateway"]  # Envoy runs apart
     assert json.loads(steps["CMD"]) == ["--config", "/etc/tensorgate/config/tensorgate.toml"]
     installs = [args for kind, args in instructions(DEPLOY / "docker" / dockerfile) if kind == "RUN" and "pip" in args]
     assert any(f'".[{extra}]"' in args and "--no-cache-dir" in args for args in installs)
-    assert extra in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert extra in pyproject["project"]["optional-dependencies"]
+    copied = {args.split()[0] for kind, args in instructions(DEPLOY / "docker" / dockerfile) if kind == "COPY"}
+    assert {f"{folder}/" for folder in pyproject["tool"]["setuptools"]["package-dir"].values()} <= copied
     config = kubernetes_server_config(mounted)
     assert {int(p) for p in steps["EXPOSE"].split()} == {config.port, config.metrics_port, config.health_port}
 

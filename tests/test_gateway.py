@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -153,18 +155,41 @@ def test_overload_is_429_and_expired_deadline_is_504(stack: ServerProcess) -> No
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "body", "status"),
+    ("method", "path", "body", "status", "code", "allow"),
     [
-        ("GET", "/v1/nothing", None, 404),
-        ("GET", "/v1/models?colour=blue", None, 400),
-        ("POST", "/v1/models/mnist:predict", b"{not json", 400),
-        ("POST", "/v1/models/mnist:predict", b'{"inputs": {"keras_tensor": {"dtype": "NOPE"}}}', 400),
+        ("GET", "/v1/nothing", None, 404, 5, None),
+        ("GET", "/v1/models?colour=blue", None, 400, 3, None),
+        ("POST", "/v1/models/mnist:predict", b"{not json", 400, 3, None),
+        ("POST", "/v1/models/mnist:predict", b'{"inputs": {"keras_tensor": {"dtype": "NOPE"}}}', 400, 3, None),
+        ("POST", "/v1/models/mnist:load", b'{"version": {}}', 400, 3, None),
+        ("GET", "/v1/models/mnist:predict", None, 405, 12, "POST"),
+        ("DELETE", "/v1/models", None, 405, 12, "GET"),
+        ("QUERY", "/v1/models/mnist/metadata", None, 405, 12, "GET"),  # a method Envoy's codec does not know
     ],
 )
-def test_unknown_routes_and_malformed_json(
-    stack: ServerProcess, method: str, path: str, body: bytes | None, status: int
+def test_the_gateways_own_refusals_are_the_documented_json_error(
+    stack: ServerProcess, method: str, path: str, body: bytes | None, status: int, code: int, allow: str | None
 ) -> None:
-    assert rest(stack, method, path, body)[0] == status
+    """Envoy's own answers (unknown path, field or parameter, malformed JSON, undeclared method) carry the
+    documented error body, as application/json, with the gRPC code of their status."""
+    connection = http.client.HTTPConnection("127.0.0.1", urlsplit(stack.gateway_url).port, timeout=60)
+    try:
+        connection.request(method, path, body=body, headers={"content-type": "application/json"} if body else {})
+        response = connection.getresponse()
+        error = json.loads(response.read())
+    finally:
+        connection.close()
+    assert response.status == status
+    assert response.getheader("content-type") == "application/json"
+    assert error["code"] == code and error["message"], error
+    assert response.getheader("allow") == allow
+
+
+def test_a_rest_stream_is_labelled_newline_delimited_json(stack: ServerProcess) -> None:
+    request = urllib.request.Request(f"{stack.gateway_url}/v1/models:streamPredict", data=b"[]", method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == 200
+        assert response.headers["content-type"] == "application/x-ndjson"
 
 
 def test_grpc_passes_through_the_gateway(stack: ServerProcess, mnist: MnistData) -> None:

@@ -1,18 +1,22 @@
-"""The client resumes a StreamPredict stream cut short in transit (unit tests against a fake stub: no server, no
-TensorFlow). The same against real replicas behind Envoy, one killed mid-stream: tests/test_scale_out.py."""
+"""The clients, synchronous and asyncio alike, resume a StreamPredict stream cut short in transit (unit tests against a
+fake stub: no server, no TensorFlow). The same against real replicas behind Envoy, one killed mid-stream:
+tests/test_scale_out.py."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 
+from tensorgate.clients.aio import AsyncTensorgateClient, _AsyncOutbox
 from tensorgate.clients.client import StreamRetryPolicy, TensorgateClient, _Outbox, stream_interrupted
 from tensorgate.v1 import codec
 from tensorgate.v1.inference_service_pb2 import StreamPredictRequest, StreamPredictResponse
@@ -74,6 +78,27 @@ class FakeCall:
         self.cancelled = True
 
 
+class AsyncFakeCall(FakeCall):
+    """The same stream as the asyncio client sees it: requests from an async iterator, answers by ``async for``."""
+
+    def __init__(self, requests: AsyncIterator[StreamPredictRequest], failure: Failure | None, window: int) -> None:
+        super().__init__(iter(()), failure, window)
+        self.async_requests = requests
+
+    def __aiter__(self) -> AsyncFakeCall:
+        return self
+
+    async def __anext__(self) -> StreamPredictResponse:
+        window = self.window if self.answered else 1
+        while len(self.in_flight) < window and (request := await anext(self.async_requests, None)) is not None:
+            self.received.append(request.id)
+            self.in_flight.append(request)
+        try:
+            return next(self)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
 @dataclass
 class FakeInference:
     """Stands for the InferenceService stub: stream i fails as ``failures[i]`` says (None: it completes)."""
@@ -82,19 +107,11 @@ class FakeInference:
     window: int = 3
     calls: list[FakeCall] = field(default_factory=list)
 
-    def StreamPredict(
-        self, requests: Iterator[StreamPredictRequest], timeout: float | None, metadata: object
-    ) -> FakeCall:
+    def StreamPredict(self, requests: Any, timeout: float | None, metadata: object) -> FakeCall:
         failure = self.failures[len(self.calls)] if len(self.calls) < len(self.failures) else None
-        self.calls.append(FakeCall(requests, failure, self.window))
+        kind = AsyncFakeCall if isinstance(requests, AsyncIterator) else FakeCall
+        self.calls.append(kind(requests, failure, self.window))
         return self.calls[-1]
-
-
-def fake_client(inference: FakeInference, max_attempts: int = 5) -> TensorgateClient:
-    policy = StreamRetryPolicy(max_attempts=max_attempts, initial_backoff_s=0.0)
-    client = TensorgateClient("127.0.0.1:1", stream_retry=policy)  # never connects: every call goes to the fake
-    client._next_stubs = itertools.cycle([SimpleNamespace(inference=inference)])  # type: ignore[list-item]
-    return client
 
 
 def batches(count: int) -> Iterator[dict[str, np.ndarray]]:
@@ -102,8 +119,38 @@ def batches(count: int) -> Iterator[dict[str, np.ndarray]]:
         yield {"x": np.full((2,), index, np.float32)}
 
 
-def stream(client: TensorgateClient, count: int) -> list[float]:
-    return [float(outputs["y"][0]) for outputs in client.stream_predict_batches("m", batches(count))]
+def stream(
+    kind: str, inference: FakeInference, count: int, max_attempts: int = 5
+) -> tuple[list[float], grpc.RpcError | None]:
+    """Stream ``count`` batches through a client of ``kind`` whose every call goes to ``inference``: the results
+    until the end or the error raised."""
+    policy = StreamRetryPolicy(max_attempts=max_attempts, initial_backoff_s=0.0)
+    stubs = itertools.cycle([SimpleNamespace(inference=inference)])
+    results: list[float] = []
+    if kind == "sync":
+        with TensorgateClient("127.0.0.1:1", stream_retry=policy) as client:  # never connects
+            client._next_stubs = stubs  # type: ignore[assignment]
+            try:
+                for outputs in client.stream_predict_batches("m", batches(count)):
+                    results.append(float(outputs["y"][0]))
+            except grpc.RpcError as exc:
+                return results, exc
+        return results, None
+
+    async def run() -> grpc.RpcError | None:
+        async with AsyncTensorgateClient("127.0.0.1:1", stream_retry=policy) as client:
+            client._next_stubs = stubs  # type: ignore[assignment]
+            try:
+                async for outputs in client.stream_predict_batches("m", batches(count)):
+                    results.append(float(outputs["y"][0]))
+            except grpc.RpcError as exc:
+                return exc
+        return None
+
+    return results, asyncio.run(run())
+
+
+KINDS = pytest.mark.parametrize("kind", ["sync", "asyncio"])
 
 
 RETRYABLE = [
@@ -115,12 +162,12 @@ RETRYABLE = [
 ]
 
 
+@KINDS
 @pytest.mark.parametrize("failure", RETRYABLE, ids=lambda failure: f"{failure.code.name}: {failure.details}")
-def test_a_stream_cut_in_transit_is_resumed_with_the_unanswered_requests(failure: Failure) -> None:
+def test_a_stream_cut_in_transit_is_resumed_with_the_unanswered_requests(kind: str, failure: Failure) -> None:
     inference = FakeInference([failure])
-    with fake_client(inference) as client:
-        results = stream(client, 10)
-    assert results == [2.0 * i for i in range(10)]  # every request answered once, in order
+    results, error = stream(kind, inference, 10)
+    assert error is None and results == [2.0 * i for i in range(10)]  # every request answered once, in order
     first, second = inference.calls
     in_flight = 3 if failure.answers else 1  # a stream sends one request until it is answered
     assert first.received == [str(i) for i in range(failure.answers + in_flight)]
@@ -142,32 +189,29 @@ def test_a_stream_cut_in_transit_is_resumed_with_the_unanswered_requests(failure
     ],
     ids=lambda failure: f"{failure.code.name}: {failure.details}",
 )
-def test_other_failures_are_raised_at_once(failure: Failure) -> None:
+@KINDS
+def test_other_failures_are_raised_at_once(kind: str, failure: Failure) -> None:
     inference = FakeInference([failure])
-    results: list[float] = []
-    with fake_client(inference) as client, pytest.raises(grpc.RpcError) as raised:
-        for outputs in client.stream_predict_batches("m", batches(10)):
-            results.append(float(outputs["y"][0]))
-    assert raised.value.code() is failure.code
+    results, error = stream(kind, inference, 10)
+    assert error is not None and error.code() is failure.code
     assert results == [0.0, 2.0, 4.0, 6.0] and len(inference.calls) == 1
 
 
-def test_attempts_without_an_answer_are_bounded() -> None:
+@KINDS
+def test_attempts_without_an_answer_are_bounded(kind: str) -> None:
     down = Failure(0, grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
     inference = FakeInference([Failure(2, grpc.StatusCode.INTERNAL, RESET_DETAILS), down, down, down, down])
-    results: list[float] = []
-    with fake_client(inference, max_attempts=3) as client, pytest.raises(grpc.RpcError) as raised:
-        for outputs in client.stream_predict_batches("m", batches(10)):
-            results.append(float(outputs["y"][0]))
-    assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+    results, error = stream(kind, inference, 10, max_attempts=3)
+    assert error is not None and error.code() is grpc.StatusCode.UNAVAILABLE
     assert results == [0.0, 2.0] and len(inference.calls) == 3  # the broken stream, then two without an answer
 
 
-def test_a_stream_that_made_progress_starts_the_count_again() -> None:
+@KINDS
+def test_a_stream_that_made_progress_starts_the_count_again(kind: str) -> None:
     cut = Failure(1, grpc.StatusCode.INTERNAL, RESET_DETAILS)
     inference = FakeInference([cut] * 6, window=2)
-    with fake_client(inference, max_attempts=2) as client:
-        assert stream(client, 10) == [2.0 * i for i in range(10)]
+    results, error = stream(kind, inference, 10, max_attempts=2)
+    assert error is None and results == [2.0 * i for i in range(10)]
     assert len(inference.calls) == 7
 
 
@@ -218,6 +262,45 @@ def test_a_stream_sends_one_request_until_it_is_answered() -> None:
     outbox.close()  # the stream ended without one: its thread stops without taking more
     thread.join(10)
     assert taken == [] and not thread.is_alive()
+
+
+def test_a_stream_cancelled_while_it_waits_for_a_request_leaves_it_to_the_next_stream() -> None:
+    """asyncio: the failed stream's writer is cancelled while it awaits the caller's async iterable; the request
+    that arrives is neither lost nor is the iterable closed: the next stream sends it."""
+
+    async def run() -> tuple[list[str], bool]:
+        third_wanted = asyncio.Event()
+        closed = False
+
+        async def source() -> AsyncIterator[StreamPredictRequest]:
+            nonlocal closed
+            try:
+                yield StreamPredictRequest(id="0")
+                await third_wanted.wait()
+                yield StreamPredictRequest(id="1")
+                yield StreamPredictRequest(id="2")
+            except GeneratorExit:
+                closed = True
+                raise
+
+        outbox = _AsyncOutbox(source())
+        first = outbox.requests()
+        assert (await anext(first)).id == "0"
+        outbox.answer(StreamPredictResponse(id="0"))
+        waiting = asyncio.ensure_future(anext(first))  # the writer awaits request 1 in source
+        await asyncio.sleep(0)
+        waiting.cancel()  # the stream failed: gRPC cancels its writer
+        outbox.close()
+        second = outbox.requests()
+        sent = asyncio.ensure_future(anext(second))
+        third_wanted.set()
+        ids = [(await sent).id]
+        outbox.answer(StreamPredictResponse(id="1"))
+        ids += [request.id async for request in second]
+        return ids, closed
+
+    ids, closed = asyncio.run(run())
+    assert ids == ["1", "2"] and not closed
 
 
 def test_stream_interrupted() -> None:

@@ -281,7 +281,7 @@ def test_sigterm_under_load_drains_every_worker(
 
 def test_single_process_does_not_share_its_port(server: ServerProcess, repository: Path, tmp_path: Path) -> None:
     port = server.target.rsplit(":", 1)[1]
-    command = [*CLI, "serve", "--model-repository", str(repository), "--gateway", "false", "--port", port]
+    command = [*CLI, "serve", "--model-repository", str(repository), "--no-gateway", "--port", port]
     command += ["--metrics-port", str(free_port())]
     result = subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE_S)
     assert result.returncode != 0

@@ -26,7 +26,9 @@ COPY server/ server/
 COPY clients/ clients/
 COPY gateway/ gateway/
 COPY protos/tensorgate/v1/ protos/tensorgate/v1/
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[gpu]"
+COPY protos/tensorgate/compat/ protos/tensorgate/compat/
+COPY tensorgate/ tensorgate/
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[server-gpu]"
 
 FROM nvidia/cuda:12.6.3-base-ubuntu24.04
 # The venv's python is a link to the system one: the runtime stage needs the same interpreter (not pip or venv).
@@ -49,5 +51,5 @@ USER 10001:10001
 WORKDIR /tmp
 # 8500 gRPC (mTLS in production), 8502 Prometheus /metrics, 8510 the plaintext gRPC health port for probes.
 EXPOSE 8500 8502 8510
-ENTRYPOINT ["tensorgate", "serve", "--gateway", "false"]
+ENTRYPOINT ["tensorgate", "serve", "--no-gateway"]
 CMD ["--config", "/etc/tensorgate/config/tensorgate.toml"]

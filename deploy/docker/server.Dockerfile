@@ -6,7 +6,7 @@
 # BuildKit (Docker's default builder) transfers only those from the context, so a working tree's .venv/,
 # node_modules/, models/ or certificates never reach the build.
 #
-# The image runs only the gRPC server (`--gateway false`): Envoy runs in its own container
+# The image runs only the gRPC server (`--no-gateway`): Envoy runs in its own container
 # (envoy.Dockerfile), in front of every replica. Configuration comes from a mounted TOML file
 # (/etc/tensorgate/config/tensorgate.toml by default, see CMD), TENSORGATE_* variables and flags;
 # certificates, API keys and the JWKS are mounted under /etc/tensorgate/tls and /etc/tensorgate/auth,
@@ -21,8 +21,10 @@ COPY server/ server/
 COPY clients/ clients/
 COPY gateway/ gateway/
 COPY protos/tensorgate/v1/ protos/tensorgate/v1/
+COPY protos/tensorgate/compat/ protos/tensorgate/compat/
+COPY tensorgate/ tensorgate/
 # A regular (not editable) install: the runtime stage keeps the venv and drops /src.
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[cpu]"
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[server]"
 
 FROM python:3.11.13-slim-bookworm
 # A fixed uid/gid, so that Kubernetes' runAsUser/fsGroup and the owners of mounted files can name it.
@@ -43,5 +45,5 @@ WORKDIR /tmp
 EXPOSE 8500 8502 8510
 # No HEALTHCHECK: the health port is a choice of the configuration, and Kubernetes probes it itself;
 # deploy/compose.yaml declares a healthcheck with the port it configures.
-ENTRYPOINT ["tensorgate", "serve", "--gateway", "false"]
+ENTRYPOINT ["tensorgate", "serve", "--no-gateway"]
 CMD ["--config", "/etc/tensorgate/config/tensorgate.toml"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import types
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from tensorgate.clients.cli import REFERENCE_MODEL, Subcommands, add_client_commands, run_command
+from tensorgate.clients.cli import REFERENCE_MODEL, Subcommands, add_client_commands, add_version, run_command
 from tensorgate.clients.datasets import DEFAULT_CACHE_DIR
 from tensorgate.server.commands.certs import create_dev_pki
 from tensorgate.server.config import ServerConfig, load_config
@@ -82,8 +83,6 @@ def _help(description: str | None) -> str | None:
 def _metavar(annotation: Any) -> str:
     """What a flag's value looks like, from the field's type: INT, NUMBER, PATH, TEXT, {a,b} or LIST,..."""
     origin, args = get_origin(annotation), get_args(annotation)
-    if annotation is bool:
-        return "{true,false}"
     if origin is Literal:
         return "{" + ",".join(str(arg) for arg in args) + "}"
     if origin in (list, tuple):
@@ -108,7 +107,10 @@ def _default(field: FieldInfo) -> str:
 def _add_field(group: argparse._ArgumentGroup, flag: str, dest: str, field: FieldInfo) -> None:
     # default=None: a flag left out must not override the file or the environment.
     help_text = _help((field.description or "") + _default(field))
-    group.add_argument(flag, dest=dest, default=None, metavar=_metavar(field.annotation), help=help_text)
+    if field.annotation is bool:  # --gateway / --no-gateway
+        group.add_argument(flag, dest=dest, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+    else:
+        group.add_argument(flag, dest=dest, default=None, metavar=_metavar(field.annotation), help=help_text)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +132,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tensorgate", description=__doc__)
+    add_version(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_operator_commands(commands)
     add_client_commands(commands)
@@ -246,7 +249,8 @@ def argv_of_serve(args: argparse.Namespace) -> list[str]:
     argv = ["--config", str(args.config)] if args.config else []
     for dest, value in vars(args).items():
         if value is not None and dest not in NOT_CONFIG:
-            argv += [f"--{dest.replace('.', '-').replace('_', '-')}", str(value)]
+            flag = dest.replace(".", "-").replace("_", "-")
+            argv += [f"--{'' if value else 'no-'}{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
     return argv
 
 
@@ -264,10 +268,14 @@ def _keys(args: argparse.Namespace) -> int:
     keys = parse_key_file(args.file.read_text()) if args.file.exists() else {}
     if args.action == "list":
         for principal in sorted(keys.values(), key=lambda p: p.name):
-            print(f"{principal.name}: {', '.join(sorted(principal.scopes))}")
+            allowed = ", ".join(sorted(principal.models)) if principal.models else "all"
+            print(f"{principal.name}: {', '.join(sorted(principal.scopes))} (models: {allowed})")
         return 0
     if not args.name or not args.name.replace("-", "").replace("_", "").isalnum():
         raise ValueError("a key name of letters, digits, - and _ is required")
+    known = any(p.name == args.name for p in keys.values())
+    if args.action == "revoke" and not known:
+        raise ValueError(f"no key named {args.name!r} in {args.file}: nothing revoked")
     keys = {digest: p for digest, p in keys.items() if p.name != args.name}
     if args.action == "add":
         scopes = frozenset(s.strip() for s in args.scopes.split(","))
@@ -278,8 +286,11 @@ def _keys(args: argparse.Namespace) -> int:
         keys[hash_key(key)] = Principal(args.name, scopes, models)
         write_key_file(args.file, keys)
         print(key)  # shown once: only its hash is stored
+        if known:  # on stderr: stdout is the key alone, for scripts
+            print(f"replaced the key of {args.name!r}: the old key no longer works", file=sys.stderr)
     else:
         write_key_file(args.file, keys)
+        print(f"revoked the key of {args.name!r}", file=sys.stderr)
     return 0
 
 

@@ -175,7 +175,7 @@ def start_stack(
     if gateway:
         command += ["--gateway-port", str(gateway_port), "--gateway-admin-port", str(admin_port)]
     else:
-        command += ["--gateway", "false"]
+        command += ["--no-gateway"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_path.open("ab" if append_log else "wb") as log:
         process = subprocess.Popen([*command, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -5,7 +5,7 @@ import warnings
 
 from tensorgate.v1 import inference_service_pb2 as tensorgate_dot_v1_dot_inference__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.71.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in tensorgate/v1/inference_service_pb2_grpc.py depends on'
+        + f' but the generated code in tensorgate/v1/inference_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class InferenceServiceStub:
+class InferenceServiceStub(object):
     """InferenceService runs models: one batch of examples per call (Predict), or
     a long bidirectional stream of batches for bulk jobs (StreamPredict).
     """
@@ -48,7 +48,7 @@ class InferenceServiceStub:
                 _registered_method=True)
 
 
-class InferenceServiceServicer:
+class InferenceServiceServicer(object):
     """InferenceService runs models: one batch of examples per call (Predict), or
     a long bidirectional stream of batches for bulk jobs (StreamPredict).
     """
@@ -108,7 +108,7 @@ def add_InferenceServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class InferenceService:
+class InferenceService(object):
     """InferenceService runs models: one batch of examples per call (Predict), or
     a long bidirectional stream of batches for bulk jobs (StreamPredict).
     """

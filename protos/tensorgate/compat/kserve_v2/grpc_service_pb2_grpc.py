@@ -5,7 +5,7 @@ import warnings
 
 from tensorgate.compat.kserve_v2 import grpc_service_pb2 as tensorgate_dot_compat_dot_kserve__v2_dot_grpc__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.71.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in tensorgate/compat/kserve_v2/grpc_service_pb2_grpc.py depends on'
+        + f' but the generated code in tensorgate/compat/kserve_v2/grpc_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class GRPCInferenceServiceStub:
+class GRPCInferenceServiceStub(object):
     """@@
     @@.. cpp:var:: service InferenceService
     @@
@@ -101,7 +101,7 @@ class GRPCInferenceServiceStub:
                 _registered_method=True)
 
 
-class GRPCInferenceServiceServicer:
+class GRPCInferenceServiceServicer(object):
     """@@
     @@.. cpp:var:: service InferenceService
     @@
@@ -313,7 +313,7 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class GRPCInferenceService:
+class GRPCInferenceService(object):
     """@@
     @@.. cpp:var:: service InferenceService
     @@

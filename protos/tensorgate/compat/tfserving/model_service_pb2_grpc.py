@@ -5,7 +5,7 @@ import warnings
 
 from tensorgate.compat.tfserving import get_model_status_pb2 as tensorgate_dot_compat_dot_tfserving_dot_get__model__status__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.71.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in tensorgate/compat/tfserving/model_service_pb2_grpc.py depends on'
+        + f' but the generated code in tensorgate/compat/tfserving/model_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class ModelServiceStub:
+class ModelServiceStub(object):
     """ModelService provides methods to query and update the state of the server,
     e.g. which models/versions are being served.
     """
@@ -43,7 +43,7 @@ class ModelServiceStub:
                 _registered_method=True)
 
 
-class ModelServiceServicer:
+class ModelServiceServicer(object):
     """ModelService provides methods to query and update the state of the server,
     e.g. which models/versions are being served.
     """
@@ -74,7 +74,7 @@ def add_ModelServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ModelService:
+class ModelService(object):
     """ModelService provides methods to query and update the state of the server,
     e.g. which models/versions are being served.
     """

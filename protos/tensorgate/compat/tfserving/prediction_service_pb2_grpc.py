@@ -6,7 +6,7 @@ import warnings
 from tensorgate.compat.tfserving import get_model_metadata_pb2 as tensorgate_dot_compat_dot_tfserving_dot_get__model__metadata__pb2
 from tensorgate.compat.tfserving import predict_pb2 as tensorgate_dot_compat_dot_tfserving_dot_predict__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.71.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -19,14 +19,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in tensorgate/compat/tfserving/prediction_service_pb2_grpc.py depends on'
+        + f' but the generated code in tensorgate/compat/tfserving/prediction_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class PredictionServiceStub:
+class PredictionServiceStub(object):
     """open source marker; do not remove
     PredictionService provides access to machine-learned models loaded by
     model_servers.
@@ -50,7 +50,7 @@ class PredictionServiceStub:
                 _registered_method=True)
 
 
-class PredictionServiceServicer:
+class PredictionServiceServicer(object):
     """open source marker; do not remove
     PredictionService provides access to machine-learned models loaded by
     model_servers.
@@ -91,7 +91,7 @@ def add_PredictionServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class PredictionService:
+class PredictionService(object):
     """open source marker; do not remove
     PredictionService provides access to machine-learned models loaded by
     model_servers.
