@@ -20,6 +20,8 @@ Measures, on the MNIST reference model (trained into --repository if missing):
     servicer, tensorgate, tensorgate --runtime tensorflow and --workers 2 (when `tensorgate serve --help` lists those
     flags) and, with --peers, MLServer 1.7.1 (adaptive batching 64 / 2 ms) and KServe 0.21, each serving the same
     SavedModel from its own virtualenv under bench/.peers/ (built on first use, then reused);
+  * the REST APIs of the targets that have them, from wrk at concurrency 1 and 64: tensorgate's v2 REST (JSON
+    `data` and binary tensors) and TF Serving REST, next to MLServer's and KServe's v2 REST (with --peers);
   * every server's CPU per request (its whole process tree, from /proc) and peak RSS per process.
 Then issue #13's ratios with pass/MISS against each target. `--only replicas`, `--only tls` or `--only peers`
 runs that case alone. Prints tables and writes JSON. Needs h2load and wrk (Debian: nghttp2-client, wrk).
@@ -75,6 +77,7 @@ WARM_UP_S = 1
 MODEL = "mnist"
 OIP_PATH = "/inference.GRPCInferenceService/ModelInfer"
 OIP_CONCURRENCY = (1, 8, 64)
+REST_CONCURRENCY = (1, 64)
 EXAMPLES = "tensorgate_model_examples_total"
 WORKER_CONNECTIONS = 8  # with two connections, both land on one worker half the time
 BATCH_METRICS = (EXAMPLES, "tensorgate_batch_size_count")  # examples and model calls: their ratio is the mean batch
@@ -176,20 +179,30 @@ def start_tensorgate(repository: Path, batching: bool, log: Path, *extra: str, r
 
 def wrk(
     port: int,
-    body: str,
+    body: str | bytes,
     concurrency: int,
     seconds: int,
     tmp: Path,
     scheme: str = "http",
     server_pid: int | None = None,
+    path: str = "/v1/models/mnist:predict",
+    headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """REST load from wrk: POST the JSON body to the predict route through Envoy. With ``server_pid`` (the
+    """REST load from wrk: POST ``body`` (JSON unless ``headers`` say otherwise; read from a file, so it may be
+    binary) to ``path``, by default tensorgate.v1's predict route through Envoy. With ``server_pid`` (the
     supervisor), also the CPU its process tree spent per completed request over the whole run: Envoy is in that tree,
     so the figure includes the JSON transcoding, which is what REST costs on top of gRPC."""
-    script = tmp / "predict.lua"
-    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{body}]]\n')
+    body_file, script = tmp / "wrk.body", tmp / "wrk.lua"
+    body_file.write_bytes(body.encode() if isinstance(body, str) else body)
+    lines = ['wrk.method = "POST"']
+    for name, value in ({"Content-Type": "application/json"} | (headers or {})).items():
+        lines.append(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}")
+    lines.append(f"local file = assert(io.open({json.dumps(str(body_file))}, 'rb'))")
+    lines.append("wrk.body = file:read('*a')")
+    lines.append("file:close()")
+    script.write_text("\n".join(lines) + "\n")
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script)]
-    url = f"{scheme}://127.0.0.1:{port}/v1/models/mnist:predict"
+    url = f"{scheme}://127.0.0.1:{port}{path}"
     cpu_before = tree_cpu_s(server_pid) if server_pid is not None else 0.0
     output = subprocess.run([*command, url], capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
     cpu_s = tree_cpu_s(server_pid) - cpu_before if server_pid is not None else 0.0
@@ -461,6 +474,66 @@ class OipTarget:
     check_answer: bool = True  # the echo servicer answers zeros
     metrics_port: int | None = None  # tensorgate (one process): every answer counted on its model's metrics
     connections: int = 1  # HTTP/2 connections the concurrency is spread over (a connection stays on one process)
+    rest_port: int | None = None  # its Open Inference Protocol REST API, loaded by wrk after the gRPC runs
+    tfserving_rest_port: int | None = None  # its TF Serving REST API (tensorgate only)
+
+
+@dataclass(frozen=True)
+class RestLoad:
+    """One REST request of the side-by-side table, sent by wrk: where (``api``: which port), what, how."""
+
+    name: str
+    api: str  # "v2" or "tfserving"
+    path: str
+    body: bytes
+    headers: dict[str, str]
+
+
+def rest_loads(x: np.ndarray) -> dict[str, RestLoad]:
+    """One image in each REST encoding: v2 JSON ``data``, v2 binary tensor data (raw FP32 after the JSON header,
+    outputs asked binary, as tritonclient.http sends it), and TF Serving's row format."""
+    image = np.ascontiguousarray(x, np.float32)
+    tensor = {"name": "keras_tensor", "shape": list(image.shape), "datatype": "FP32"}
+    json_body = json.dumps({"id": "bench", "inputs": [{**tensor, "data": image.ravel().tolist()}]}).encode()
+    raw = image.tobytes()
+    header = json.dumps(
+        {
+            "id": "bench",
+            "inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    binary = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+    v2_path = f"/v2/models/{MODEL}/infer"
+    return {
+        "v2_json": RestLoad("v2 REST, JSON", "v2", v2_path, json_body, {}),
+        "v2_binary": RestLoad("v2 REST, binary tensors", "v2", v2_path, header + raw, binary),
+        "tfserving": RestLoad(
+            "TF Serving REST, instances", "tfserving", f"/v1/models/{MODEL}:predict",
+            json.dumps({"instances": image.tolist()}).encode(), {},
+        ),
+    }  # fmt: skip
+
+
+def rest_answer_class(load: RestLoad, port: int) -> int:
+    """The class one real request of ``load`` gets (wrk sees only HTTP statuses): the argmax of the first output,
+    from its binary data, JSON ``data`` or TF Serving ``predictions``."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{load.path}",
+        data=load.body,
+        method="POST",
+        headers={"Content-Type": "application/json"} | load.headers,
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        header_length, body = response.headers.get("Inference-Header-Content-Length"), response.read()
+    if load.api == "tfserving":
+        return int(np.argmax(json.loads(body)["predictions"]))
+    answer = json.loads(body[: int(header_length)] if header_length else body)
+    output = answer["outputs"][0]
+    if "data" in output:
+        return int(np.argmax(output["data"]))
+    start = int(header_length)
+    return int(np.argmax(np.frombuffer(body[start : start + output["parameters"]["binary_data_size"]], np.float32)))
 
 
 def serve_flags() -> set[str]:
@@ -521,13 +594,23 @@ def echo_target(tmp: Path, version: str) -> OipTarget:
     return OipTarget("echo servicer (grpc.aio)", argv, port, check_answer=False)
 
 
-def tensorgate_target(repository: Path, name: str, *extra: str, connections: int = 1) -> OipTarget:
-    """tensorgate without Envoy: the OIP service is on the server's own gRPC port."""
+def tensorgate_target(repository: Path, name: str, *extra: str, connections: int = 1, rest: bool = False) -> OipTarget:
+    """tensorgate without Envoy: the OIP service is on the server's own gRPC port; with ``rest``, its REST APIs are
+    loaded too, on their own ports."""
     port = free_port_block(16)  # room for --workers N taking metrics_port + i, as replicas do
     argv = [*CLI, "serve", "--model-repository", str(repository)]
-    argv += ["--no-gateway", "--port", str(port), "--metrics-port", str(port + 8), *extra]
+    argv += ["--no-gateway", "--port", str(port), "--metrics-port", str(port + 8)]
+    argv += ["--rest-port", str(port + 4), "--tfserving-rest-port", str(port + 6), *extra]
     one_process = "--workers" not in extra  # with workers, one metrics port sees only its own process
-    return OipTarget(name, argv, port, metrics_port=port + 8 if one_process else None, connections=connections)
+    return OipTarget(
+        name,
+        argv,
+        port,
+        metrics_port=port + 8 if one_process else None,
+        connections=connections,
+        rest_port=port + 4 if rest else None,
+        tfserving_rest_port=port + 6 if rest else None,
+    )
 
 
 def mlserver_target(model_dir: Path, tmp: Path) -> OipTarget:
@@ -547,7 +630,8 @@ def mlserver_target(model_dir: Path, tmp: Path) -> OipTarget:
     model |= {"max_batch_size": 64, "max_batch_time": 0.002}
     (folder / "settings.json").write_text(json.dumps(settings))
     (folder / "model-settings.json").write_text(json.dumps(model))
-    return OipTarget("MLServer 1.7.1 (adaptive batching)", [str(venv / "bin" / "mlserver"), "start", "."], port, folder)
+    argv = [str(venv / "bin" / "mlserver"), "start", "."]
+    return OipTarget("MLServer 1.7.1 (adaptive batching)", argv, port, folder, rest_port=http_port)
 
 
 def kserve_target(model_dir: Path, tmp: Path) -> OipTarget:
@@ -557,7 +641,7 @@ def kserve_target(model_dir: Path, tmp: Path) -> OipTarget:
     argv = [str(venv / "bin" / "python"), str(ROOT / "bench" / "peers" / "kserve_server.py"), str(model_dir)]
     argv += ["--model_name", MODEL, "--grpc_port", str(port), "--http_port", str(http_port), "--workers", "1"]
     argv += ["--enable_latency_logging", "false"]
-    return OipTarget("KServe 0.21", argv, port, tmp)
+    return OipTarget("KServe 0.21", argv, port, tmp, rest_port=http_port)
 
 
 def wait_model_ready(port: int, process: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
@@ -586,11 +670,45 @@ def check_model_infer(port: int, request: ModelInferRequest, expected: int) -> N
         raise AssertionError(f"wrong answer: {output.datatype} {list(output.shape)} {scores}, expected {expected}")
 
 
+def rest_runs(
+    target: OipTarget, loads: dict[str, RestLoad], expected: int, server_pid: int, seconds: int, tmp: Path
+) -> dict[str, Any]:
+    """Each REST load the target has a port for: one request checked (the answer's class must be the in-process
+    one), then wrk at c = 1 and 64 with the server's CPU per request. A load the target refuses is reported with
+    its error and the others go on."""
+    ports = {"v2": target.rest_port, "tfserving": target.tfserving_rest_port}
+    runs: dict[str, Any] = {}
+    for key, load in loads.items():
+        port = ports[load.api]
+        if port is None:
+            continue
+        try:
+            got = rest_answer_class(load, port)
+            if got != expected:
+                raise AssertionError(f"wrong answer: class {got}, expected {expected}")
+            runs[key] = {
+                c: wrk(port, load.body, c, seconds, tmp, server_pid=server_pid, path=load.path, headers=load.headers)
+                for c in REST_CONCURRENCY
+            }
+        except Exception as error:  # e.g. a peer without the binary extension: reported, the others go on
+            print(f"  {target.name}, {load.name} failed: {error}", flush=True)
+            runs[key] = {"error": str(error)[:300]}
+    return runs
+
+
 def run_oip_target(
-    target: OipTarget, body: Path, request: ModelInferRequest, expected: int, seconds: int, tmp: Path, log: Path
+    target: OipTarget,
+    body: Path,
+    request: ModelInferRequest,
+    expected: int,
+    seconds: int,
+    tmp: Path,
+    log: Path,
+    loads: dict[str, RestLoad],
 ) -> dict[str, Any]:
     """Start, wait until the model is ready, check one answer, h2load at each concurrency with the server's CPU,
-    peak RSS, stop. A target that fails is reported with its error and the table goes on."""
+    then the REST loads on the target's REST ports, peak RSS, stop. A target that fails is reported with its error
+    and the table goes on."""
     print(f"  {target.name} ...", flush=True)
     with log.open("ab") as out:
         out.write(f"\n=== {target.name}: {' '.join(target.argv)}\n".encode())
@@ -625,6 +743,7 @@ def run_oip_target(
                 run["answers_not_run_by_model"] = max(0, int(run["done"] - ran))
                 run["mean_batch"] = ran / batches if batches else 0.0
             result["runs"][concurrency] = run
+        result["rest"] = rest_runs(target, loads, expected, process.pid, seconds, tmp)
         result["peak_rss_mb"] = peak_rss_per_process_mb(process.pid)
         return result
     except Exception as error:  # one broken peer must not cost the rest of the table
@@ -647,7 +766,7 @@ def oip_side_by_side(
     # Each target is made just before it runs: its ports are free then, and a peer's virtualenv is built then.
     targets: dict[str, Callable[[], OipTarget]] = {
         "echo": lambda: echo_target(tmp, version_dir.name),
-        "tensorgate": lambda: tensorgate_target(repository, "tensorgate"),
+        "tensorgate": lambda: tensorgate_target(repository, "tensorgate", rest=True),
     }
     notes = []
     if "--runtime" in flags:
@@ -683,7 +802,7 @@ def oip_side_by_side(
             results["targets"][key] = {"name": key, "error": str(error)}
             continue
         results["targets"][key] = {"name": target.name} | run_oip_target(
-            target, body, request, expected, seconds, tmp, log
+            target, body, request, expected, seconds, tmp, log, rest_loads(x[:1])
         )
     return results
 
@@ -841,6 +960,13 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
     def run(*keys: Any) -> float | None:
         return _at(r, *keys)  # type: ignore[no-any-return]
 
+    def rest(target: str, load: str) -> float | None:
+        return _at(oip, target, "rest", load, 64, "requests_per_s")  # type: ignore[no-any-return]
+
+    def faster_peer(*loads: str) -> float | None:
+        figures = [rest(peer, load) for peer in ("mlserver", "kserve") for load in loads]
+        return max((f for f in figures if f is not None), default=None)
+
     rps = "requests_per_s"
     stream, in_process = run("stream", 256, "images_per_s"), r.get("in_process_examples_per_s", {})
     on64: dict[str, float] | None = _at(r, "batching_on", 64)
@@ -852,6 +978,12 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
         "tensorgate_vs_echo_cpu_us_c64": vs("tensorgate", "echo", 64, "cpu_us_per_request"),
         "tensorgate_vs_echo_c1_p50": vs("tensorgate", "echo", 1, "p50_ms"),
         "workers_2_vs_1_c64_rps": vs("tensorgate_workers_2", "tensorgate_8_connections", 64, rps),
+        "v2_rest_binary_vs_grpc_c64_rps": _ratio(
+            rest("tensorgate", "v2_binary"), _at(oip, "tensorgate", "runs", 64, rps)
+        ),
+        "v2_rest_binary_vs_peer_c64_rps": _ratio(rest("tensorgate", "v2_binary"), faster_peer("v2_binary", "v2_json")),
+        "v2_rest_json_vs_peer_c64_rps": _ratio(rest("tensorgate", "v2_json"), faster_peer("v2_json")),
+        "tfserving_rest_vs_peer_json_c64_rps": _ratio(rest("tensorgate", "tfserving"), faster_peer("v2_json")),
         "stream_vs_in_process_256": _ratio(stream, _at(in_process, r.get("serving_runtime"), 256)),
         "stream_vs_signature_256": _ratio(stream, _at(in_process, "signature", 256)),
         "stream_vs_tflite_256": _ratio(stream, _at(in_process, "tflite", 256)),
@@ -906,6 +1038,11 @@ def goals(r: dict[str, Any]) -> list[Goal]:
         Goal("REST c64 / direct gRPC c64, p99", q["rest_vs_grpc_c64_p99"], "<=", 1.5),
         Goal("OIP c64 req/s: tensorgate --workers 2 / 1 process", q["workers_2_vs_1_c64_rps"], oip=True),
         Goal("OIP c64 req/s: tensorgate / KServe", q["tensorgate_vs_kserve_c64_rps"], oip=True),
+        Goal("v2 REST binary c64 / OIP gRPC c64, req/s", q["v2_rest_binary_vs_grpc_c64_rps"], ">=", 0.7, oip=True),
+        Goal("v2 REST binary c64 / faster peer's v2 REST", q["v2_rest_binary_vs_peer_c64_rps"], ">=", 1.5, oip=True),
+        Goal("v2 REST JSON c64 / faster peer's v2 JSON", q["v2_rest_json_vs_peer_c64_rps"], ">=", 1.5, oip=True),
+        Goal("TF Serving REST c64 / faster peer's v2 JSON", q["tfserving_rest_vs_peer_json_c64_rps"], ">=", 1.5,
+             oip=True),
         Goal("throughput with tracing at 10% / off (c16)", q["tracing_10pct_vs_off"], ">=", 0.95),
         Goal("peak RSS per server process (tensorgate)", max(rss) if rss else None, "<=", 1024, " MB", oip=True),
         Goal("unary c64 (batching on) / echo servicer", q["unary_c64_vs_echo"], ">=", 0.7),
@@ -950,6 +1087,23 @@ def print_oip_table(oip: dict[str, Any]) -> None:
             )
     for note in oip["notes"]:
         print(f"| {note} | | | | | | | | |")
+    print_rest_table(oip)
+
+
+def print_rest_table(oip: dict[str, Any]) -> None:
+    """The REST loads of the targets that have REST ports (wrk, one connection per concurrent request)."""
+    print("\n| REST, 1 image, wrk | API | c | req/s | p50 ms | p99 ms | errors | CPU µs/req |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for target in oip["targets"].values():
+        for key, runs in target.get("rest", {}).items():
+            if "error" in runs:
+                print(f"| {target['name']} | {key} | | failed: {runs['error'][:80]} | | | | |")
+                continue
+            for c, run in runs.items():
+                print(
+                    f"| {target['name']} | {key} | {c} | {run['requests_per_s']:,.0f} | {run['p50_ms']:.2f} | "
+                    f"{run['p99_ms']:.2f} | {run['errors']} | {_cpu(run)} |"
+                )
 
 
 def print_tls_table(runs: dict[str, Any]) -> None:

@@ -41,6 +41,8 @@ PUBLIC_ROUTES: tuple[Mapping[str, str], ...] = (
 # gRPC methods that stream: bounded by max_stream_duration_s rather than the unary request timeout.
 STREAMING_METHODS = tuple(method.path.removeprefix("/") for method in METHODS if method.streams)
 SERVER_CLUSTER = "tensorgate_grpc"
+REST_CLUSTER = "tensorgate_rest"  # the servers' Open Inference Protocol REST ports, which Envoy passes /v2 to
+REST_PATHS = "/v2(/.*)?"
 COLLECTOR_CLUSTER = "otel_collector"
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 # The gRPC code (google.rpc.Code) of each HTTP status Envoy may answer a REST caller with itself, as the server's
@@ -125,11 +127,11 @@ def listener_tls(tls: TlsConfig) -> JsonObject:
     }
 
 
-def upstream_tls(tls: TlsConfig, server_host: str) -> JsonObject:
+def upstream_tls(tls: TlsConfig, server_host: str, alpn: str = "h2") -> JsonObject:
     """Envoy -> server over TLS: the server's certificate must chain to the CA and name the server's address."""
     san = {"san_type": "IP_ADDRESS" if is_ip(server_host) else "DNS", "matcher": {"exact": server_host}}
     context = {
-        "alpn_protocols": ["h2"],
+        "alpn_protocols": [alpn],
         **tls_certificates(tls),
         "validation_context": {**trusted_ca(tls), "match_typed_subject_alt_names": [san]},
     }
@@ -209,27 +211,6 @@ def buffer_filter(max_request_bytes: int) -> JsonObject:
     return {"name": BUFFER, "typed_config": buffer}
 
 
-def kserve_v2_transcoder(descriptor: Path, max_body_bytes: int) -> JsonObject:
-    """The Open Inference Protocol v2 REST paths (/v2/...), printed with the v2 JSON's field names and every field
-    (``"ready": false``); other requests pass on to tensorgate's transcoder."""
-    return {
-        "name": TRANSCODER,
-        "typed_config": typed(
-            "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
-            proto_descriptor=str(descriptor),
-            services=["inference.GRPCInferenceService"],
-            convert_grpc_status=True,
-            print_options={"preserve_proto_field_names": True, "always_print_primitive_fields": True},
-            request_validation_options={
-                "reject_unknown_query_parameters": True,
-                "reject_binding_body_field_collisions": True,
-            },
-            max_request_body_size=max_body_bytes,
-            max_response_body_size=max_body_bytes,
-        ),
-    }
-
-
 def tensorgate_transcoder(descriptor: Path, max_body_bytes: int) -> JsonObject:
     """tensorgate.v1's REST paths; a REST stream's answers are newline-delimited JSON."""
     return {
@@ -261,8 +242,8 @@ def router_filter() -> JsonObject:
 def http_filters(
     config: ServerConfig, descriptor: Path, public_routes: Sequence[Mapping[str, str]]
 ) -> list[JsonObject]:
-    """The HTTP filters in order: rate limit, JWT, buffer, the stream answers' content type, the two transcoders,
-    the router."""
+    """The HTTP filters in order: rate limit, JWT, buffer, the stream answers' content type, tensorgate.v1's
+    transcoder, the router."""
     filters = []
     if config.edge.rate_limit_per_address:
         filters.append(rate_limit_filter(config.edge.rate_limit_per_address))
@@ -273,7 +254,6 @@ def http_filters(
         *filters,
         buffer_filter(config.max_message_bytes),
         {"name": LUA, "typed_config": typed("envoy.extensions.filters.http.lua.v3.Lua")},
-        kserve_v2_transcoder(descriptor, config.max_message_bytes),
         tensorgate_transcoder(descriptor, config.max_message_bytes),
         router_filter(),
     ]
@@ -307,11 +287,11 @@ def no_buffering() -> JsonObject:
     return {BUFFER: typed("envoy.extensions.filters.http.buffer.v3.BufferPerRoute", disabled=True)}
 
 
-def to_server(max_duration_s: float) -> JsonObject:
-    """A route to the servers for calls lasting up to ``max_duration_s``, upload included (``timeout: 0s`` turns
-    off the route's own timeout, which would not suit streams)."""
+def to_server(max_duration_s: float, cluster: str = SERVER_CLUSTER) -> JsonObject:
+    """A route to the servers' ``cluster`` for calls lasting up to ``max_duration_s``, upload included
+    (``timeout: 0s`` turns off the route's own timeout, which would not suit streams)."""
     return {
-        "cluster": SERVER_CLUSTER,
+        "cluster": cluster,
         "timeout": "0s",
         "max_stream_duration": {"max_stream_duration": seconds(max_duration_s), "grpc_timeout_header_max": "0s"},
     }
@@ -378,26 +358,37 @@ def undeclared_method_routes() -> list[JsonObject]:
     return answers
 
 
-def routes(edge: EdgeConfig, max_stream_duration_s: float, assets: Path) -> list[JsonObject]:
+def routes(edge: EdgeConfig, max_stream_duration_s: float, assets: Path, rest: bool) -> list[JsonObject]:
     """Envoy's own answers (OpenAPI document, docs), then the calls for the servers.
 
-    Routes are matched twice for REST: on the REST path (which decides the buffer filter), and after transcoding
-    on the gRPC method's (which decides where and for how long). REST streams are not buffered; the other REST
-    paths are, up to max_message_bytes. Streams (REST :streamPredict is matched here after transcoding) last up
-    to max_stream_duration_s; a unary call up to request_timeout_s, upload included.
+    The Open Inference Protocol's REST paths (/v2/...) go as they are to the servers' v2 REST ports (``rest``;
+    without one, /v2 is not served), untranscoded and unbuffered: the server reads the body, up to
+    max_message_bytes. tensorgate.v1's REST routes are matched twice: on the REST path (which decides the buffer
+    filter), and after transcoding on the gRPC method's (which decides where and for how long). REST streams are
+    not buffered; the other REST paths are, up to max_message_bytes. Streams (REST :streamPredict is matched here
+    after transcoding) last up to max_stream_duration_s; a unary call up to request_timeout_s, upload included.
     """
     unary = to_server(edge.request_timeout_s)
     streams = "/(" + "|".join(re.escape(method) for method in STREAMING_METHODS) + ")"
+    passed_through = {**no_transcoding(), **no_buffering()}
+    rest_routes = [
+        {
+            "match": {"safe_regex": {"regex": REST_PATHS}},
+            "route": to_server(edge.request_timeout_s, REST_CLUSTER),
+            "typed_per_filter_config": passed_through,
+        }
+    ]
     return [
         file_route("/openapi.json", assets / OPENAPI.name, "application/json"),
         *docs_routes(assets / DOCS_DIR.name),
+        *(rest_routes if rest else []),
         *undeclared_method_routes(),
         {
             "match": {"path": "/v1/models:streamPredict"},
             "route": unary,
             "typed_per_filter_config": {**no_buffering(), **newline_delimited()},
         },
-        {"match": {"safe_regex": {"regex": "/v[12](/.*)?"}}, "route": unary},
+        {"match": {"safe_regex": {"regex": "/v1(/.*)?"}}, "route": unary},
         {
             "match": {"safe_regex": {"regex": streams}},
             "route": to_server(max_stream_duration_s),
@@ -407,7 +398,7 @@ def routes(edge: EdgeConfig, max_stream_duration_s: float, assets: Path) -> list
     ]
 
 
-def route_config(edge: EdgeConfig, max_stream_duration_s: float, assets: Path) -> JsonObject:
+def route_config(edge: EdgeConfig, max_stream_duration_s: float, assets: Path, rest: bool) -> JsonObject:
     """One virtual host. Every tensorgate call is idempotent (inference included): a call refused by a stopping
     replica (UNAVAILABLE), reset by one that died, or not connected at all goes to another replica before the
     caller sees an error."""
@@ -431,7 +422,7 @@ def route_config(edge: EdgeConfig, max_stream_duration_s: float, assets: Path) -
                 "name": "tensorgate",
                 "domains": ["*"],
                 "retry_policy": retry_policy,
-                "routes": routes(edge, max_stream_duration_s, assets),
+                "routes": routes(edge, max_stream_duration_s, assets, rest),
             }
         ],
     }
@@ -492,18 +483,30 @@ def json_error(code: int) -> JsonObject:
     return {"json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%", "details": []}}
 
 
+def oip_error() -> JsonObject:
+    """The body of an answer Envoy writes itself on the Open Inference Protocol's REST paths: its ``{"error"}``."""
+    return {"json_format": {"error": "%LOCAL_REPLY_BODY%"}}
+
+
 def local_reply(jwt: bool) -> JsonObject:
     """Every answer Envoy writes itself to a REST caller (unknown path or field, malformed JSON, body too large,
     rate limit, no route, no healthy replica) carries the documented JSON error with ``application/json``, and its
-    code is the gRPC code of its HTTP status, as the server's own errors do.
+    code is the gRPC code of its HTTP status, as the server's own errors do; on the v2 REST paths, the protocol's
+    ``{"error": "..."}``, as the server's v2 REST port answers.
 
     With JWTs, jwt_authn refuses a token made for another audience with 403; like every token not valid here, it
     is a 401.
     """
     mappers = []
+    on_v2 = f"request.url_path.matches('^{REST_PATHS}$')"
     if jwt:
         expression = "response.code == 403 && response.code_details.startsWith('jwt_authn_access_denied')"
+        mappers.append(
+            {"filter": cel_filter(f"{expression} && {on_v2}"), "status_code": 401, "body_format_override": oip_error()}
+        )
         mappers.append({"filter": cel_filter(expression), "status_code": 401, "body_format_override": json_error(16)})
+    v2_errors = {"and_filter": {"filters": [status_filter(400, "GE"), not_grpc(), cel_filter(on_v2)]}}
+    mappers.append({"filter": v2_errors, "body_format_override": oip_error()})
     known = ", ".join(f"'{method}'" for method in HTTP_METHODS)
     for path, regex, declared in documented_paths():
         # Envoy's HTTP/1 codec refuses a method it does not know (QUERY, …) with a 400 before routing.
@@ -556,7 +559,7 @@ def access_log() -> list[JsonObject]:
 def http_connection_manager(
     config: ServerConfig, assets: Path, public_routes: Sequence[Mapping[str, str]]
 ) -> JsonObject:
-    """gRPC passed through and REST transcoded, with the edge limits on callers.
+    """gRPC and the v2 REST API passed through, tensorgate.v1's REST transcoded, with the edge limits on callers.
 
     x-forwarded-for ends with the address Envoy saw the caller connect from, never one the caller wrote: the
     server keys its failed-authentication throttling on it. A caller has request_headers_timeout to send a
@@ -589,7 +592,7 @@ def http_connection_manager(
     manager["local_reply_config"] = local_reply(config.jwt.jwks_file is not None)
     manager["access_log"] = access_log()
     manager["http_filters"] = http_filters(config, assets / DESCRIPTOR_SET.name, public_routes)
-    manager["route_config"] = route_config(edge, config.max_stream_duration_s, assets)
+    manager["route_config"] = route_config(edge, config.max_stream_duration_s, assets, bool(config.rest_port))
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": typed(
@@ -625,23 +628,27 @@ def listener(config: ServerConfig, assets: Path, public_routes: Sequence[Mapping
 # --- clusters --------------------------------------------------------------------------------------------------------
 
 
-def server_cluster(config: ServerConfig) -> JsonObject:
-    """The servers: the ``replicas`` this host runs (port, port+1, ...), or ``gateway_upstream`` resolved by DNS to
-    every address it names (a Kubernetes headless Service).
+def server_cluster(config: ServerConfig, rest: bool = False) -> JsonObject:
+    """The servers' gRPC ports (or, with ``rest``, their v2 REST ports, spoken to in HTTP/1.1 and checked on
+    ``/v2/health/live``): the ``replicas`` this host runs (port, port+1, ...), or ``gateway_upstream`` resolved by
+    DNS to every address it names (a Kubernetes headless Service; the REST port is ``rest_port`` there).
 
     A replica that reports NOT_SERVING (loading its models, draining on SIGTERM) or stops answering gets no new
     calls within a second; one whose connections fail or reset is ejected for a while. gRPC errors (bad input,
     deadlines, overload) are the callers' and eject no one. Envoy allows 3 concurrent retries per cluster by
     default: when a replica dies under load, every call it held is retried at once, hence the larger budget.
     """
+    name = REST_CLUSTER if rest else SERVER_CLUSTER
     if config.gateway_upstream:
         server_host, server_port = config.gateway_upstream.rsplit(":", 1)
-        endpoints = [(server_host, int(server_port))]
+        endpoints = [(server_host, config.rest_port if rest else int(server_port))]
     else:
         server_host = upstream_host(config.host)
-        endpoints = [(server_host, config.port + i) for i in range(config.replicas)]
+        first = config.rest_port if rest else config.port
+        endpoints = [(server_host, first + i) for i in range(config.replicas)]
+    health_check = {"http_health_check": {"path": "/v2/health/live"}} if rest else {"grpc_health_check": {}}
     cluster: JsonObject = {
-        "name": SERVER_CLUSTER,
+        "name": name,
         "type": "STRICT_DNS" if config.gateway_upstream else "STATIC",
         "dns_lookup_family": "V4_PREFERRED",
         "connect_timeout": "2s",
@@ -653,7 +660,7 @@ def server_cluster(config: ServerConfig) -> JsonObject:
                 "no_traffic_interval": "1s",
                 "unhealthy_threshold": 1,
                 "healthy_threshold": 1,
-                "grpc_health_check": {},
+                **health_check,
             }
         ],
         "circuit_breakers": {"thresholds": [{"max_retries": 1024, "max_requests": 4096, "max_pending_requests": 4096}]},
@@ -669,9 +676,10 @@ def server_cluster(config: ServerConfig) -> JsonObject:
         },
     }
     if config.tls.enabled:
-        cluster["transport_socket"] = upstream_tls(config.upstream_tls, server_host)
-    cluster["typed_extension_protocol_options"] = http2_upstream()
-    cluster["load_assignment"] = load_assignment(SERVER_CLUSTER, endpoints)
+        cluster["transport_socket"] = upstream_tls(config.upstream_tls, server_host, "http/1.1" if rest else "h2")
+    if not rest:
+        cluster["typed_extension_protocol_options"] = http2_upstream()
+    cluster["load_assignment"] = load_assignment(name, endpoints)
     return cluster
 
 
@@ -750,7 +758,9 @@ def envoy_bootstrap(
     assets_dir: Path | None = None,
     public_routes: Sequence[Mapping[str, str]] = PUBLIC_ROUTES,
 ) -> JsonObject:
-    """The Envoy bootstrap: one listener on ``gateway_port`` in front of the gRPC server on ``port``.
+    """The Envoy bootstrap: one listener on ``gateway_port`` in front of the gRPC server on ``port`` and its v2
+    REST API on ``rest_port`` (TF Serving's REST API stays on its own port: its ``/v1/models/{m}:predict`` is
+    tensorgate.v1's REST path at the gateway).
 
     TLS on the listener (``gateway_tls``), towards the server (``tls`` / ``upstream_tls``), JWT checks at the
     edge (``jwt``, except on ``public_routes``), the stream duration and request size limits all come from the same
@@ -760,6 +770,8 @@ def envoy_bootstrap(
     """
     assets = assets_dir or DESCRIPTOR_SET.parent
     clusters = [server_cluster(config)]
+    if config.rest_port:
+        clusters.append(server_cluster(config, rest=True))
     if config.tracing_endpoint:
         clusters.append(collector_cluster(config.tracing_endpoint))
     return {

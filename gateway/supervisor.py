@@ -64,6 +64,8 @@ def replica_argv(config: ServerConfig, server_args: list[str], index: int) -> li
     argv += ["--replicas", "1", "--port", str(config.port + index), "--metrics-port", str(config.metrics_port + index)]
     if config.health_port:
         argv += ["--health-port", str(config.health_port + index)]
+    for flag, port in (("--rest-port", config.rest_port), ("--tfserving-rest-port", config.tfserving_rest_port)):
+        argv += [flag, str(port + index if port else 0)]
     return argv
 
 
@@ -155,6 +157,10 @@ def _log_started(config: ServerConfig, servers: list[ServerProcess], envoy: subp
     fields: dict[str, object] = {
         "grpc": [f"{config.host}:{config.port + i}" for i in replicas],
         "metrics": [f"http://{config.host}:{config.metrics_port + i}/metrics" for i in replicas],
+        "v2_rest": [f"{config.host}:{config.rest_port + i}" for i in replicas] if config.rest_port else [],
+        "tfserving_rest": [f"{config.host}:{config.tfserving_rest_port + i}" for i in replicas]
+        if config.tfserving_rest_port
+        else [],
         "workers": config.workers,
         "pids": pids,
     }

@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -33,7 +35,11 @@ from tensorgate.server.observability.metrics import metrics_registry, record_bui
 from tensorgate.server.observability.tracing import setup_tracing, shutdown_tracing
 from tensorgate.server.protocols import kserve_v2, tfserving, v1
 from tensorgate.server.protocols.methods import KSERVE_V2, TFS_MODELS, TFS_PREDICTION, V1_INFERENCE, V1_MODELS
+from tensorgate.server.protocols.rest import http as rest
+from tensorgate.server.protocols.rest.kserve_v2 import KServeV2Rest
+from tensorgate.server.protocols.rest.tfserving import TFServingRest
 from tensorgate.server.protocols.rpc import CallLimits, Corridor
+from tensorgate.server.protocols.triton_extensions import TritonExtensions
 from tensorgate.server.runtimes.devices import configure_tensorflow, tensorflow_version
 from tensorgate.server.security.auth import ApiKeyStore, Authenticator
 from tensorgate.server.security.jwt_auth import JwtVerifier
@@ -128,6 +134,7 @@ async def serve(config: ServerConfig) -> None:
     health_server = (
         await start_health_server(health, config.host, config.health_port, shared_ports) if config.health_port else None
     )
+    rest_runners = await start_rest_ports(config, corridor, manager, shared_ports)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -159,7 +166,7 @@ async def serve(config: ServerConfig) -> None:
     # Load balancers (Envoy's health checks, Kubernetes endpoints) see NOT_SERVING and stop sending here;
     # calls that still arrive meanwhile are served.
     await asyncio.sleep(config.drain_delay_s)
-    await server.stop(config.shutdown_grace_s)
+    await asyncio.gather(server.stop(config.shutdown_grace_s), *(runner.cleanup() for runner in rest_runners))
     if health_server is not None:
         await health_server.stop(0)
     await dataplane.close()
@@ -176,6 +183,26 @@ async def start_health_server(health: HealthServicer, host: str, port: int, shar
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
     return server
+
+
+async def start_rest_ports(
+    config: ServerConfig, corridor: Corridor, manager: ModelManager, shared: bool
+) -> list[web.AppRunner]:
+    """The REST APIs on their ports (those not 0), on this loop and through the same corridor as gRPC, with the
+    gRPC port's TLS; their runners stop them, letting requests in flight finish within the shutdown grace."""
+    triton = TritonExtensions(corridor.registry, corridor.dataplane.statistics, manager)
+    sides = [
+        (config.rest_port, KServeV2Rest(corridor.registry, triton).routes()),
+        (config.tfserving_rest_port, TFServingRest(corridor.registry).routes()),
+    ]
+    context = server_ssl_context(config.tls)
+    runners = []
+    for port, routes in sides:
+        if port:
+            side = rest.RestSide(corridor, routes, config.max_message_bytes, config.host, port)
+            runners.append(await rest.start_site(side, config.host, port, context, shared, config.shutdown_grace_s))
+            log.info("listening", extra={"fields": {"address": f"{config.host}:{port}", "api": routes[0].name}})
+    return runners
 
 
 def build_rate_limiter(config: ServerConfig) -> RateLimiter | None:
@@ -211,6 +238,19 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials | None:
     pair = (tls.key_file.read_bytes(), tls.cert_file.read_bytes())
     client_ca = tls.ca_file.read_bytes() if tls.ca_file is not None else None
     return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext | None:
+    """The REST ports' TLS, the gRPC port's: its certificate, and client certificates required under mTLS."""
+    if not tls.enabled:
+        return None
+    assert tls.cert_file is not None and tls.key_file is not None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.ca_file is not None:
+        context.load_verify_locations(tls.ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def run(config: ServerConfig) -> None:

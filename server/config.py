@@ -304,6 +304,10 @@ class ServerConfig(BaseModel):
     allow_plaintext: bool = Field(
         False, description="Allow listeners without TLS on non-loopback addresses (e.g. behind a mesh sidecar)."
     )
+    rest_port: int = Field(
+        8000, ge=0, le=65535, description="Port of the Open Inference Protocol (KServe v2, Triton) REST API; 0 = off."
+    )
+    tfserving_rest_port: int = Field(8501, ge=0, le=65535, description="Port of TF Serving's REST API; 0 = off.")
     metrics_port: int = Field(8502, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint.")
     model_workers: int = Field(2, ge=1, description="Model calls run at once, on threads off the event loop.")
     device: str = Field(
@@ -378,8 +382,14 @@ class ServerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _ports_do_not_overlap(self) -> ServerConfig:
-        """Replica i takes port+i, metrics_port+i and health_port+i: no two of those may collide."""
-        ranges = {"port": self.port, "metrics_port": self.metrics_port, "health_port": self.health_port}
+        """Replica i takes port+i, metrics_port+i, health_port+i and its REST ports +i: no two may collide."""
+        ranges = {
+            "port": self.port,
+            "metrics_port": self.metrics_port,
+            "health_port": self.health_port,
+            "rest_port": self.rest_port,
+            "tfserving_rest_port": self.tfserving_rest_port,
+        }
         taken: dict[int, str] = {}
         for name, first in ranges.items():
             for port in range(first, first + self.replicas) if first else ():

@@ -77,6 +77,8 @@ class ServerProcess:
     gateway_url: str = ""
     gateway_target: str = ""
     gateway_admin_url: str = ""
+    rest_url: str = ""  # the v2 REST API (plaintext)
+    tfserving_rest_url: str = ""  # TF Serving's REST API (plaintext)
     tls: ClientTls | None = None  # how to reach the server's port when it speaks TLS
     gateway_ssl: ssl.SSLContext | None = None  # how to reach Envoy's listener when it speaks TLS
 
@@ -136,6 +138,8 @@ def start_server(
         stack.process, f"127.0.0.1:{stack.port}", f"http://127.0.0.1:{stack.metrics_port}/metrics", log_path
     )
     server.tls, server.gateway_ssl = tls, gateway_ssl
+    server.rest_url = f"http://127.0.0.1:{stack.rest_port}"
+    server.tfserving_rest_url = f"http://127.0.0.1:{stack.tfserving_rest_port}"
     if gateway:
         server.gateway_url = f"{'https' if gateway_ssl else 'http'}://127.0.0.1:{stack.gateway_port}"
         server.gateway_target = f"127.0.0.1:{stack.gateway_port}"

@@ -145,6 +145,8 @@ def test_server_images_install_the_server_and_expose_its_ports(dockerfile: str, 
         config.port,
         config.metrics_port,
         config.health_port,
+        config.rest_port,
+        config.tfserving_rest_port,
         alone.gateway_port,
     }
 
@@ -384,6 +386,8 @@ def test_server_deployment_matches_its_configuration(deployment: str, mounted: P
         "grpc": config.port,
         "metrics": config.metrics_port,
         "health": config.health_port,
+        "rest": config.rest_port,
+        "tfserving-rest": config.tfserving_rest_port,
     }
     # kubelet cannot speak mTLS: both probes use the plaintext health port. Liveness asks for a service that is
     # SERVING from start-up on (ModelService), readiness for the whole server (SERVING once the models are loaded).
@@ -563,7 +567,8 @@ def test_compose_matches_the_configuration(mounted: Path) -> None:
     assert server["deploy"]["replicas"] == 2
     assert server["command"][0] == "--no-gateway"  # Envoy is the envoy service
     assert not config.allow_plaintext and config.tls.enabled and config.exposed_plaintext() == []
-    assert {int(p) for p in server["expose"]} == {config.port, config.metrics_port, config.health_port}
+    ports = {config.port, config.metrics_port, config.health_port, config.rest_port, config.tfserving_rest_port}
+    assert {int(p) for p in server["expose"]} == ports
     assert seconds(server["stop_grace_period"]) > config.drain_delay_s + config.shutdown_grace_s > 0
     check = server["healthcheck"]["test"][-1]
     compile(check, "healthcheck", "exec")

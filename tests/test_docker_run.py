@@ -70,6 +70,11 @@ def test_the_image_environment_serves_every_mounted_model_over_grpc_and_rest(
         output = json.loads(response.read())["outputs"]["output_0"]
     rest = np.array(output["floatValues"], np.float32).reshape(2, 10)
     np.testing.assert_allclose(rest, answers[:2], rtol=1e-6)
+    # TF Serving's REST API on the server's own port, as `-p 8501:8501` exposes it.
+    status_url = f"http://127.0.0.1:{container.tfserving_rest_port}/v1/models/mnist"
+    with urllib.request.urlopen(status_url, timeout=60) as response:
+        states = [v["state"] for v in json.loads(response.read())["model_version_status"]]
+    assert states == ["AVAILABLE"]
 
 
 def test_model_name_serves_one_model_of_the_mounted_repository(models: Path, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """The Open Inference Protocol v2 (KServe v2 / Triton) driven by the unmodified PyPI ``tritonclient[grpc]``, and its
-REST paths through Envoy: the same answers as tensorgate's own client on the MNIST test set. The API-key test at the
+gRPC through Envoy: the same answers as tensorgate's own client on the MNIST test set. The API-key test at the
 end covers the TF Serving services too (one secured server for both).
 
 This process never imports ``tensorgate.compat.kserve_v2``: its messages have tritonclient's names
@@ -9,13 +9,10 @@ This process never imports ``tensorgate.compat.kserve_v2``: its messages have tr
 from __future__ import annotations
 
 import contextlib
-import json
 import queue
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -384,62 +381,6 @@ def test_calls_are_counted_like_tensorgates_own(client: triton.InferenceServerCl
     client.infer("mnist", [infer_input("keras_tensor", np.zeros((2, 28, 28), np.float32), "FP32")])
     assert server.metric("tensorgate_requests_total", **labels) == before + 1
     assert server.metric("tensorgate_model_examples_total", model="mnist", version="1") > 0
-
-
-def rest(stack: ServerProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{stack.gateway_url}{path}", data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            status, text = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, text = exc.code, exc.read()
-    try:
-        return status, json.loads(text)
-    except ValueError:  # Envoy's own plain-text answers (an unknown path)
-        return status, text.decode()
-
-
-def test_v2_rest_through_envoy(stack: ServerProcess, mnist: MnistData) -> None:
-    assert rest(stack, "GET", "/v2/health/live") == (200, {"live": True})
-    assert rest(stack, "GET", "/v2/health/ready") == (200, {"ready": True})
-    assert rest(stack, "GET", "/v2/models/mnist/ready") == (200, {"ready": True})
-    assert rest(stack, "GET", "/v2/models/nope/ready") == (200, {"ready": False})
-    status, server_metadata = rest(stack, "GET", "/v2")
-    assert status == 200 and server_metadata["name"] == "tensorgate"
-    status, metadata = rest(stack, "GET", "/v2/models/mnist")
-    assert status == 200 and metadata["versions"] == ["1"] and metadata["platform"] == "tensorflow_savedmodel"
-    assert metadata["inputs"] == [{"name": "keras_tensor", "datatype": "FP32", "shape": ["-1", "28", "28"]}]
-    assert rest(stack, "GET", "/v2/models/mnist/versions/1")[1] == metadata
-
-    x = mnist_inputs(mnist.x_test[:200])
-    body = {
-        "id": "rest-1",
-        "inputs": [
-            {
-                "name": "keras_tensor",
-                "datatype": "FP32",
-                "shape": list(x.shape),
-                "contents": {"fp32_contents": x.ravel().tolist()},
-            }
-        ],
-    }
-    status, answer = rest(stack, "POST", "/v2/models/mnist/infer", body)
-    assert status == 200, answer
-    assert (answer["model_name"], answer["model_version"], answer["id"]) == ("mnist", "1", "rest-1")
-    [output] = answer["outputs"]
-    assert (output["name"], output["datatype"], output["shape"]) == ("output_0", "FP32", ["200", "10"])
-    got = np.array(output["contents"]["fp32_contents"], np.float32).reshape(200, 10)
-    with TensorgateClient(stack.target) as own:
-        np.testing.assert_allclose(got, own.predict("mnist", x), rtol=1e-6)
-    assert rest(stack, "POST", "/v2/models/mnist/versions/1/infer", body)[0] == 200
-
-    status, error = rest(stack, "POST", "/v2/models/nope/infer", body)
-    assert status == 404 and error["code"] == 5
-    body["inputs"][0]["shape"] = [200, 784]
-    status, error = rest(stack, "POST", "/v2/models/mnist/infer", body)
-    assert status == 400 and "expected shape" in error["message"]
-    assert rest(stack, "GET", "/v2/repository/index")[0] == 404
 
 
 def test_tritonclient_through_envoy(stack: ServerProcess, mnist: MnistData) -> None:

@@ -57,25 +57,26 @@ def keyed(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     assert stack.stop() == 0, stack.log()[-5000:]
 
 
-def schemathesis(gateway_url: str, *options: str) -> subprocess.CompletedProcess[str]:
-    """schemathesis with every check against the gateway's own document, bounded and reproducible."""
+def schemathesis(gateway_url: str, workdir: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """schemathesis with every check against the gateway's own document, bounded and reproducible (its cache goes
+    to ``workdir``)."""
     command = [str(SCHEMATHESIS), "--config-file", str(CONTRACT / "schemathesis.toml"), "run"]
     command += [f"{gateway_url}/openapi.json", "--checks", "all", "--max-examples", "15", "--seed", "20261203"]
     command += ["--generation-deterministic", "--request-timeout", "30", "--workers", "1", *options]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "schemathesis_hooks", "PYTHONPATH": str(CONTRACT)}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=CONTRACT)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=workdir)
     print(result.stdout[-6000:])
     return result
 
 
-def test_schemathesis_finds_no_failure_without_auth(stack: ServerProcess) -> None:
-    result = schemathesis(stack.gateway_url, "--exclude-path-regex", ADMIN_OPERATIONS)
+def test_schemathesis_finds_no_failure_without_auth(stack: ServerProcess, tmp_path: Path) -> None:
+    result = schemathesis(stack.gateway_url, tmp_path, "--exclude-path-regex", ADMIN_OPERATIONS)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "Tested: 8" in result.stdout  # every operation but the four admin ones ran
 
 
-def test_schemathesis_finds_no_failure_with_a_key(keyed: Keyed) -> None:
-    result = schemathesis(keyed.stack.gateway_url, "--header", f"x-api-key: {keyed.predict_key}")
+def test_schemathesis_finds_no_failure_with_a_key(keyed: Keyed, tmp_path: Path) -> None:
+    result = schemathesis(keyed.stack.gateway_url, tmp_path, "--header", f"x-api-key: {keyed.predict_key}")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "Tested: 12" in result.stdout
 

@@ -275,6 +275,25 @@ def test_valid_jwt_with_its_scopes(secured: Secured) -> None:
     assert rest(secured, "POST", "/v1/models/mnist:reload", {}, **bearer(admin_token))[0] == 200
 
 
+def test_v2_rest_through_the_tls_gateway_with_jwt_and_keys(secured: Secured) -> None:
+    """Envoy passes /v2 to the servers' v2 REST ports over mTLS; JWT at the edge, scopes in the server, as for
+    every route; the health checks stay public."""
+    body = {"inputs": [{"name": "keras_tensor", "shape": [1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]}
+    assert rest(secured, "GET", "/v2/health/ready")[:2] == (200, {"ready": True})
+    status, answer, _ = rest(secured, "POST", "/v2/models/mnist/infer", body)
+    assert status == 401 and list(answer) == ["error"], answer
+    token = secured.token(scopes="predict")
+    status, answer, _ = rest(secured, "POST", "/v2/models/mnist/infer", body, **bearer(token))
+    assert status == 200 and len(answer["outputs"][0]["data"]) == 10, answer
+    status, answer, _ = rest(secured, "POST", "/v2/repository/models/mnist/load", {}, x_api_key=secured.keys["predict"])
+    assert status == 403 and "admin" in answer["error"], answer
+    assert rest(secured, "POST", "/v2/repository/index", {}, x_api_key=secured.keys["predict"])[0] == 200
+    expired = secured.issuer.expired()
+    secured.secrets.append(expired)
+    status, answer, _ = rest(secured, "GET", "/v2/models/mnist", **bearer(expired))
+    assert status == 401 and list(answer) == ["error"] and answer["error"], answer  # Envoy's jwt_authn refused it
+
+
 @pytest.mark.parametrize("attack", ["expired", "wrong_signature", "wrong_audience", "wrong_issuer", "alg_none"])
 def test_bad_jwt_is_refused_at_the_edge_and_in_the_server(secured: Secured, attack: str) -> None:
     token = getattr(secured.issuer, attack)()

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -229,6 +230,44 @@ def test_rest_request_is_one_trace_from_gateway_to_model(traced: tuple[ServerPro
     server, spans = wait_for_trace(collector, lambda span, spans: True)
     gateway = assert_server_chain(server, spans)
     assert gateway.parent_id == ""  # the gateway started this trace
+
+
+def test_v2_rest_spans_follow_the_http_conventions(traced: tuple[ServerProcess, Collector]) -> None:
+    """A v2 REST call through Envoy: Envoy's span, then the REST port's server span by the HTTP conventions
+    (``METHOD route``, the status, the model that answered; ERROR only for a 5xx), its validate and queue, the batch
+    linked to it."""
+    stack, collector = traced
+    traceparent, trace_id = new_traceparent()
+    body = {"inputs": [{"name": "keras_tensor", "shape": [1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]}
+    request = urllib.request.Request(
+        f"{stack.gateway_url}/v2/models/mnist/infer",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"traceparent": traceparent},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+    server = collector.server_span(trace_id)
+    assert server.service == "tensorgate" and server.name == "POST /v2/models/{model}{version}/infer"
+    assert server.value("http.request.method") == "POST" and server.value("http.response.status_code") == 200
+    assert server.value("http.route") == "/v2/models/{model}{version}/infer" and server.status == UNSET
+    collector.wait_for(
+        lambda spans: (
+            any(s.name == "batch" and (trace_id, server.span_id) in s.links for s in spans)
+            and any(s.span_id == server.parent_id and s.service == "tensorgate-gateway" for s in spans)
+        ),
+        "the batch and the gateway's span",
+    )
+    assert_server_chain(server, collector.snapshot())
+    traceparent, trace_id = new_traceparent()
+    missing = urllib.request.Request(
+        f"{stack.rest_url}/v2/models/nope/infer", data=b"{}", method="POST", headers={"traceparent": traceparent}
+    )
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(missing, timeout=30)
+    assert raised.value.code == 404
+    failed = collector.server_span(trace_id)
+    assert failed.value("http.response.status_code") == 404 and failed.status == UNSET
 
 
 CLIENT_SCRIPT = """

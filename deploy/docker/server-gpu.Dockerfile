@@ -54,9 +54,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     TENSORGATE_ALLOW_PLAINTEXT=true
 USER 10001:10001
 WORKDIR /tmp
-# 8500 gRPC (mTLS in production), 8080 Envoy when run alone, 8502 Prometheus /metrics, 8510 the plaintext
-# gRPC health port for probes.
-EXPOSE 8500 8080 8502 8510
+# 8500 gRPC (mTLS in production), 8000 and 8501 the Open Inference Protocol's and TF Serving's REST APIs, 8080
+# Envoy when run alone, 8502 Prometheus /metrics, 8510 the plaintext gRPC health port for probes.
+EXPOSE 8500 8000 8501 8080 8502 8510
 # `docker run ... IMAGE` serves gRPC on 8500 and, through the Envoy the server starts beside it, REST and gRPC on
 # 8080. Compose and Kubernetes run Envoy in a container of its own: their arguments are
 # `--no-gateway --config /etc/tensorgate/config/tensorgate.toml` (a mounted file, with TLS).

@@ -46,10 +46,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     TENSORGATE_ALLOW_PLAINTEXT=true
 USER 10001:10001
 WORKDIR /tmp
-# 8500 gRPC (mTLS in production), 8080 Envoy (REST and gRPC; not in production, where Envoy runs apart),
-# 8502 Prometheus /metrics, 8510 the plaintext gRPC health port for kubelet probes. The health port is off
-# unless the configuration sets health_port (the deployments set 8510).
-EXPOSE 8500 8080 8502 8510
+# 8500 gRPC (mTLS in production), 8000 the Open Inference Protocol's REST API, 8501 TF Serving's REST API (both
+# with the gRPC port's TLS), 8080 Envoy (REST and gRPC; not in production, where Envoy runs apart), 8502
+# Prometheus /metrics, 8510 the plaintext gRPC health port for kubelet probes. The health port is off unless the
+# configuration sets health_port (the deployments set 8510).
+EXPOSE 8500 8000 8501 8080 8502 8510
 # No HEALTHCHECK: the health port is a choice of the configuration, and Kubernetes probes it itself;
 # deploy/compose.yaml declares a healthcheck with the port it configures.
 # `docker run ... IMAGE` serves gRPC on 8500 and, through the Envoy the server starts beside it, REST and gRPC on

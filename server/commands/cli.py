@@ -37,6 +37,8 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
         "replicas",
         "workers",
         "health_port",
+        "rest_port",
+        "tfserving_rest_port",
         "drain_delay_s",
         "shutdown_grace_s",
     ),

@@ -67,9 +67,9 @@ class CallLimits:
     max_stream_duration_s: float  # longest a stream may stay open
     max_request_timeout_s: float  # deadline of a call that sets none, and the most one may set
 
-    def time_left(self, context: grpc.aio.ServicerContext) -> float:
-        """The caller's deadline, capped by (or defaulting to) the server's maximum request timeout."""
-        remaining = context.time_remaining()
+    def time_left(self, remaining: float | None) -> float:
+        """The caller's time left (None when it set no deadline), capped by (or defaulting to) the server's
+        maximum request timeout."""
         return self.max_request_timeout_s if remaining is None else min(remaining, self.max_request_timeout_s)
 
 
@@ -142,11 +142,13 @@ class Call:
     and the version that answered.
     """
 
-    __slots__ = ("_context", "_corridor", "model_label", "principal", "version_label")
+    __slots__ = ("_corridor", "_expires_at", "model_label", "principal", "version_label")
 
-    def __init__(self, corridor: Corridor, context: grpc.aio.ServicerContext, principal: Principal | None) -> None:
+    def __init__(self, corridor: Corridor, time_left_s: float, principal: Principal | None) -> None:
+        """``time_left_s``: how long the call may take from now (``CallLimits.time_left`` of the caller's
+        deadline): the protocol's own business, gRPC's context or an HTTP request."""
         self._corridor = corridor
-        self._context = context
+        self._expires_at = time.monotonic() + time_left_s
         self.principal = principal  # None when authentication is off
         self.model_label = ""
         self.version_label = ""
@@ -188,10 +190,8 @@ class Call:
         self, admission: Admission, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
     ) -> Prediction:
         """Run an admitted request within the caller's deadline (capped by the server's request timeout)."""
-        limits = self._corridor.limits
-        prediction = await self._corridor.dataplane.predict(
-            admission, inputs, output_filter, limits.time_left(self._context)
-        )
+        time_left = max(0.0, self._expires_at - time.monotonic())
+        prediction = await self._corridor.dataplane.predict(admission, inputs, output_filter, time_left)
         self.version_label = str(prediction.version)
         return prediction
 
@@ -266,11 +266,23 @@ class Corridor:
             )
         return grpc.method_handlers_generic_handler(service, handlers)
 
-    def _authorize(self, context: grpc.aio.ServicerContext, scope: str | None, cost: int) -> Principal | None:
-        """The caller, authorized for ``scope`` and charged ``cost`` requests of its rate (0: credentials only)."""
+    def authorize(
+        self, metadata: Sequence[tuple[str, str | bytes]] | None, peer: str, scope: str | None, cost: int
+    ) -> Principal | None:
+        """The caller, authorized for ``scope`` and charged ``cost`` requests of its rate (0: credentials only).
+
+        ``metadata`` are the call's headers (lowercase names), ``peer`` its address as gRPC writes it
+        (``ipv4:10.0.0.1:5000``)."""
         if self._authenticator is None or scope is None:
             return None
-        return self._authenticator.authorize(context.invocation_metadata(), scope, context.peer(), cost)
+        return self._authenticator.authorize(metadata, scope, peer, cost)
+
+    def call(self, context: grpc.aio.ServicerContext, principal: Principal | None) -> Call:
+        """A ``Call`` for a gRPC request, with the time its deadline leaves."""
+        return Call(self, self.limits.time_left(context.time_remaining()), principal)
+
+    def _authorize(self, context: grpc.aio.ServicerContext, scope: str | None, cost: int) -> Principal | None:
+        return self.authorize(context.invocation_metadata(), context.peer(), scope, cost)
 
     def _unary_handler(self, method: Method, request_type: type[Q], answer: Answer[Q, R]) -> grpc.RpcMethodHandler:
         async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Message:
@@ -293,7 +305,7 @@ class Corridor:
         span: trace.Span | None,
     ) -> R:
         started, code, rejection, message = time.perf_counter(), grpc.StatusCode.OK, "", ""
-        call = Call(self, context, None)
+        call = self.call(context, None)
         try:
             call.principal = self._authorize(context, method.scope, 1)
             return await answer(parse_request(request_type, data), call)
@@ -308,7 +320,7 @@ class Corridor:
             if span is not None:
                 set_model(span, call.model_label, call.version_label)
                 end_grpc_span(span, code, message)
-            _record(call, method.name, code, started, rejection)
+            record(call, method.name, code, started, rejection)
         raise AssertionError("context.abort always raises")
 
     async def _serve_stream(
@@ -354,7 +366,7 @@ class Corridor:
                     except ServingError as exc:
                         denied = exc
                         return
-                    call = Call(self, context, principal)
+                    call = self.call(context, principal)
                     started.put_nowait(self._start_message(method, stream, prepare, call, data, refusal))
             finally:
                 started.put_nowait(None)
@@ -394,7 +406,7 @@ class Corridor:
             if denied is not None:
                 outcome = "denied"
                 ended = failure(denied, method.name)
-                _record(Call(self, context, None), method.name, ended.code, time.perf_counter(), ended.rejection)
+                record(self.call(context, None), method.name, ended.code, time.perf_counter(), ended.rejection)
                 await context.abort(ended.code, ended.message, trailing_metadata=ended.trailers)
         except (asyncio.CancelledError, GeneratorExit):
             # grpc cancels the handler or closes this generator when the client cancels, its deadline
@@ -447,7 +459,7 @@ class Corridor:
             response = await stream.answer(request, call)
         except Exception as exc:
             return self._failed(method, stream, request, call, exc, started)
-        _record(call, method.name, grpc.StatusCode.OK, started, "")
+        record(call, method.name, grpc.StatusCode.OK, started, "")
         set_model(trace.get_current_span(), call.model_label, call.version_label)  # the stream's span, if traced
         return response
 
@@ -456,7 +468,7 @@ class Corridor:
         method: Method, stream: Stream[Q, R], request: Q | None, call: Call, exc: Exception, started: float
     ) -> R:
         failed = failure(exc, method.name)
-        _record(call, method.name, failed.code, started, failed.rejection)
+        record(call, method.name, failed.code, started, failed.rejection)
         # The stream's span is current here (the reader's context); a no-op when the stream is not traced.
         trace.get_current_span().add_event(
             "message failed", {"rpc.grpc.status_code": failed.code.value[0], "exception.message": failed.message}
@@ -475,7 +487,7 @@ def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
 
-def _record(call: Call, method: str, code: grpc.StatusCode, started: float, rejection: str) -> None:
+def record(call: Call, method: str, code: grpc.StatusCode, started: float, rejection: str) -> None:
     """Count one finished request (or stream message) of ``method`` with its outcome and duration."""
     _requests_counter(call.model_label, call.version_label, method, code.name).inc()
     _duration_histogram(call.model_label, method).observe(time.perf_counter() - started)

@@ -30,7 +30,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 CLI = [sys.executable, "-m", "tensorgate.server.commands"]
 POLL_S = 0.1
 START_TIMEOUT_S = 120.0  # a cold start loads TensorFlow and warms every model up
-GATEWAY_CLUSTER = "tensorgate_grpc"  # Envoy's cluster of server replicas (gateway/envoy.yaml.tmpl)
+# Envoy's clusters of server replicas (gateway/envoy.py): their gRPC ports and their v2 REST ports.
+GATEWAY_CLUSTERS = ("tensorgate_grpc", "tensorgate_rest")
 
 
 def free_port() -> int:
@@ -107,7 +108,7 @@ def wait_until_http_ok(
 def wait_until_envoy_routes_to(
     admin_url: str, hosts: int, process: subprocess.Popen[bytes], timeout_s: float = 60
 ) -> None:
-    """Until Envoy's active health checks pass ``hosts`` replicas of the server cluster (its admin /clusters)."""
+    """Until Envoy's active health checks pass ``hosts`` replicas in each server cluster (its admin /clusters)."""
 
     def healthy() -> bool:
         try:
@@ -115,10 +116,8 @@ def wait_until_envoy_routes_to(
                 lines = response.read().decode().splitlines()
         except OSError:
             return False
-        return (
-            sum(line.startswith(GATEWAY_CLUSTER) and line.endswith("::health_flags::healthy") for line in lines)
-            >= hosts
-        )
+        passing = [line for line in lines if line.endswith("::health_flags::healthy")]
+        return all(sum(line.startswith(f"{name}::") for line in passing) >= hosts for name in GATEWAY_CLUSTERS)
 
     wait_until(healthy, process, timeout_s, f"Envoy routing to {hosts} healthy replica(s)")
 
@@ -138,6 +137,8 @@ class Stack:
     gateway_port: int = 0
     gateway_admin_port: int = 0
     health_port: int = 0
+    rest_port: int = 0  # the v2 REST API (replica i: + i)
+    tfserving_rest_port: int = 0  # TF Serving's REST API (replica i: + i)
 
     def stop(self, timeout_s: float = 60) -> int:
         """SIGTERM and the exit status once the server has drained."""
@@ -169,6 +170,8 @@ def start_stack(
     if repository is not None:
         command += ["--model-repository", str(repository)]
     command += ["--metrics-port", str(metrics_port), "--replicas", str(replicas)]
+    rest_port, tfserving_rest_port = free_port_block(replicas), free_port_block(replicas)
+    command += ["--rest-port", str(rest_port), "--tfserving-rest-port", str(tfserving_rest_port)]
     stack_health_port = free_port_block(replicas) if health_port else 0
     if health_port:
         command += ["--health-port", str(stack_health_port)]
@@ -181,6 +184,7 @@ def start_stack(
     with log_path.open("ab" if append_log else "wb") as log:
         process = subprocess.Popen([*command, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
     stack = Stack(process, log_path, port, metrics_port, gateway_port, admin_port, stack_health_port)
+    stack.rest_port, stack.tfserving_rest_port = rest_port, tfserving_rest_port
     try:
         for replica in range(replicas):
             if health_port:
