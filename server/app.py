@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from tensorgate.server.config import ServerConfig, TlsConfig
 from tensorgate.server.models.loader import load_version
 from tensorgate.server.models.manager import ModelManager
+from tensorgate.server.models.mirror import open_repository
 from tensorgate.server.models.model_config import ModelConfig
 from tensorgate.server.models.registry import ModelRegistry
 from tensorgate.server.observability.metrics import metrics_registry, record_build_info, start_metrics_server
@@ -66,9 +67,8 @@ async def serve(config: ServerConfig) -> None:
     dataplane = DataPlane(executor, config.model_workers, limits, examples_limiter)
     authenticator = build_authenticator(config, limiter)
     defaults = ModelConfig(device=config.device, runtime=config.runtime, batching=config.batching)
-    manager = ModelManager(
-        config.model_repository, registry, config.signature_name, defaults, load_version, dataplane.retire
-    )
+    root, refresh = open_repository(config.model_repository, config.model_cache_dir, config.poll_interval_s)
+    manager = ModelManager(root, registry, config.signature_name, defaults, load_version, dataplane.retire, refresh)
     shared_ports = config.workers > 1
     server = grpc.aio.server(
         options=[

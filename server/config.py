@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,6 +52,21 @@ def _upper(value: Any) -> Any:
 
 
 CommaList = Annotated[list[str], BeforeValidator(_split_commas)]
+OBJECT_STORE_SCHEMES = ("s3://",)
+
+
+def _repository_location(value: Any) -> Any:
+    """A local directory as a Path, an object-store URL (``s3://bucket/prefix``) as the text it is."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(OBJECT_STORE_SCHEMES):
+        return value
+    if "://" in value:
+        raise ValueError(f"{value!r}: a model repository is a local directory or an s3://bucket/prefix URL")
+    return Path(value)
+
+
+RepositoryLocation = Annotated[Path | str, BeforeValidator(_repository_location)]
 
 
 class BatchingConfig(BaseModel):
@@ -196,8 +212,13 @@ class ServerConfig(BaseModel):
 
     host: str = Field("127.0.0.1", description="Address the gRPC server binds (0.0.0.0 for every interface).")
     port: int = Field(8500, ge=0, le=65535, description="gRPC port; 0 picks a free port and logs it.")
-    model_repository: Path = Field(
-        Path("models"), description="Root of the model repository: <root>/<model>/<version>/."
+    model_repository: RepositoryLocation = Field(
+        Path("models"),
+        description="Root of the model repository: <root>/<model>/<version>/, a directory or s3://bucket/prefix.",
+    )
+    model_cache_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "tensorgate-model-cache",
+        description="Where versions of an s3:// model repository are downloaded before they load.",
     )
     poll_interval_s: float = Field(
         2.0, ge=0, description="Seconds between scans of the repository for new or removed versions; 0 never scans."

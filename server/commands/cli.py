@@ -29,6 +29,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
         "host",
         "port",
         "model_repository",
+        "model_cache_dir",
         "poll_interval_s",
         "signature_name",
         "replicas",
@@ -225,12 +226,17 @@ def _serve(args: argparse.Namespace) -> int:
     worker = {} if args.worker_index is None else {"worker": args.worker_index}
     setup_logging(config.log_level, config.log_format, worker)
     repository = config.model_repository
-    if args.train_if_empty and not (repository.is_dir() and any(p.is_dir() for p in repository.iterdir())):
-        from tensorgate.server.reference.training import train_mnist
+    if isinstance(repository, Path):
+        if args.train_if_empty and not (repository.is_dir() and any(p.is_dir() for p in repository.iterdir())):
+            from tensorgate.server.reference.training import train_mnist
 
-        train_mnist(repository, REFERENCE_MODEL)
-    if not repository.is_dir():
-        raise FileNotFoundError(f"model repository {repository} does not exist (use --train-if-empty to create one)")
+            train_mnist(repository, REFERENCE_MODEL)
+        if not repository.is_dir():
+            raise FileNotFoundError(
+                f"model repository {repository} does not exist (use --train-if-empty to create one)"
+            )
+    elif args.train_if_empty:
+        raise ValueError(f"--train-if-empty needs a local model repository, not {repository}")
     # The supervisor itself never imports TensorFlow: the server children do.
     if args.worker_index is None and (config.gateway or config.workers > 1):
         from tensorgate.gateway.supervisor import supervise
