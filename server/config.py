@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tempfile
 import tomllib
 from collections.abc import Mapping
@@ -52,14 +53,27 @@ def _upper(value: Any) -> Any:
 
 
 CommaList = Annotated[list[str], BeforeValidator(_split_commas)]
-OBJECT_STORE_SCHEMES = ("s3://",)
+S3_SCHEME = "s3://"
+# S3's bucket naming rules (3-63 characters: lower-case letters, digits, dots, hyphens).
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` as (bucket, prefix without slashes at either end). Raises ValueError."""
+    if not url.startswith(S3_SCHEME):
+        raise ValueError(f"{url!r} is not an s3:// URL")
+    bucket, _, prefix = url[len(S3_SCHEME) :].partition("/")
+    if not S3_BUCKET.match(bucket):
+        raise ValueError(f"{url!r}: {bucket!r} is not a valid S3 bucket name")
+    return bucket, prefix.strip("/")
 
 
 def _repository_location(value: Any) -> Any:
-    """A local directory as a Path, an object-store URL (``s3://bucket/prefix``) as the text it is."""
+    """A local directory as a Path, an object-store URL (``s3://bucket/prefix``, checked) as the text it is."""
     if not isinstance(value, str):
         return value
-    if value.startswith(OBJECT_STORE_SCHEMES):
+    if value.startswith(S3_SCHEME):
+        parse_s3_url(value)
         return value
     if "://" in value:
         raise ValueError(f"{value!r}: a model repository is a local directory or an s3://bucket/prefix URL")

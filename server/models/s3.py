@@ -8,7 +8,6 @@ here logs or reports a credential: messages name the ``s3://bucket/prefix`` and 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -16,29 +15,16 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tensorgate.server.config import S3_SCHEME, parse_s3_url
 from tensorgate.server.models.mirror import RepositoryUnavailable, StoredObject
-
-SCHEME = "s3://"
-# S3's bucket naming rules (3-63 characters: lower-case letters, digits, dots, hyphens), dotted names included.
-BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-
-
-def parse_location(url: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` as (bucket, prefix without slashes at either end). Raises ValueError."""
-    if not url.startswith(SCHEME):
-        raise ValueError(f"{url!r} is not an s3:// URL")
-    bucket, _, prefix = url[len(SCHEME) :].partition("/")
-    if not BUCKET.match(bucket):
-        raise ValueError(f"{url!r}: {bucket!r} is not a valid S3 bucket name")
-    return bucket, prefix.strip("/")
 
 
 class S3Store:
     """One bucket and prefix, read with boto3."""
 
     def __init__(self, url: str) -> None:
-        self.bucket, self.prefix = parse_location(url)
-        self.location = f"{SCHEME}{self.bucket}/{self.prefix}".rstrip("/")
+        self.bucket, self.prefix = parse_s3_url(url)
+        self.location = f"{S3_SCHEME}{self.bucket}/{self.prefix}".rstrip("/")
         # Retries with backoff for throttling and transient errors; a poll that still fails is retried next time.
         self._client: Any = boto3.session.Session().client("s3", config=Config(retries={"mode": "standard"}))
 
