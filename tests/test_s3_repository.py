@@ -16,6 +16,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from tensorgate.clients.client import TensorgateClient
+from tensorgate.server.models.mirror import RepositoryUnavailable
+from tensorgate.server.models.s3 import S3Store
 from tensorgate.v1 import codec, inference_service_pb2_grpc
 from tensorgate.v1.inference_service_pb2 import PredictRequest
 from tensorgate.v1.model_service_pb2 import ModelVersionState
@@ -163,3 +165,10 @@ def test_versions_from_the_bucket_under_load(
     log = server.log()
     assert f"s3://{BUCKET}/{PREFIX}" in log
     assert "model version downloaded" in log
+
+
+def test_a_missing_bucket_is_a_clear_error_without_credentials(s3_endpoint: str, tmp_path: Path) -> None:
+    store = S3Store("s3://no-such-bucket/models")
+    with pytest.raises(RepositoryUnavailable, match="s3://no-such-bucket/models: NoSuchBucket") as raised:
+        store.list()
+    assert SECRET not in str(raised.value)
