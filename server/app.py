@@ -132,6 +132,12 @@ async def serve(config: ServerConfig) -> None:
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
+        if loading.exception() is not None:
+            # A repository that cannot be read at start (an s3:// bucket that is missing or denied): close the
+            # ports, then let the command report the error.
+            await server.stop(0)
+            if health_server is not None:
+                await health_server.stop(0)
         loading.result()
         await health.set(V1_INFERENCE, SERVING if registry.has_available() else NOT_SERVING)
         await health.set(OVERALL, SERVING)

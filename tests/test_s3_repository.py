@@ -4,6 +4,7 @@ until it is complete, and retires a version deleted from the bucket."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from tensorgate.v1 import codec, inference_service_pb2_grpc
 from tensorgate.v1.inference_service_pb2 import PredictRequest
 from tensorgate.v1.model_service_pb2 import ModelVersionState
 
-from conftest import ServerProcess, build_slow_model, free_port, start_server
+from conftest import CLI, ServerProcess, build_slow_model, free_port, start_server
 
 BUCKET = "models-bucket"
 PREFIX = "team/repository"
@@ -96,10 +97,8 @@ def s3_server(
     bucket.client.put_object(Bucket=BUCKET, Key=f"{PREFIX}/m/model.toml", Body=b'version_policy = "latest"\n')
     directory = tmp_path_factory.mktemp("s3-server")
     server = start_server(
-        Path(f"s3://{BUCKET}/{PREFIX}"),  # the harness writes it with str(): s3:/ would be a local path
-        directory / "server.log",
-        "--model-repository",
         f"s3://{BUCKET}/{PREFIX}",
+        directory / "server.log",
         "--model-cache-dir",
         str(directory / "cache"),
         "--poll-interval-s",
@@ -172,3 +171,12 @@ def test_a_missing_bucket_is_a_clear_error_without_credentials(s3_endpoint: str,
     with pytest.raises(RepositoryUnavailable, match="s3://no-such-bucket/models: NoSuchBucket") as raised:
         store.list()
     assert SECRET not in str(raised.value)
+
+
+def test_a_server_over_a_missing_bucket_exits_with_one_line(s3_endpoint: str, tmp_path: Path) -> None:
+    command = [*CLI, "serve", "--model-repository", "s3://no-such-bucket/models", "--no-gateway"]
+    command += ["--port", str(free_port()), "--metrics-port", str(free_port()), "--model-cache-dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: cannot list model repository s3://no-such-bucket/models: NoSuchBucket" in result.stderr
+    assert "Traceback" not in result.stderr and SECRET not in result.stderr + result.stdout

@@ -39,8 +39,11 @@ PARTIAL_PREFIX = ".partial-"  # hidden: scan_repository never reads what is bein
 TRASH_PREFIX = ".retired-"
 
 
-class RepositoryUnavailable(Exception):
-    """The object store could not be listed or read; the message names the location, never a credential."""
+class RepositoryUnavailable(FileNotFoundError):
+    """The object store could not be listed or read; the message names the location, never a credential.
+
+    A FileNotFoundError, as a missing local repository is: at start-up ``tensorgate serve`` reports it in one line.
+    """
 
 
 @dataclass(frozen=True)
