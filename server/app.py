@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from tensorgate.server.config import ServerConfig, TlsConfig
 from tensorgate.server.models.loader import load_version
 from tensorgate.server.models.manager import ModelManager
+from tensorgate.server.models.mirror import open_repository
 from tensorgate.server.models.model_config import ModelConfig
 from tensorgate.server.models.registry import ModelRegistry
 from tensorgate.server.observability.metrics import metrics_registry, record_build_info, start_metrics_server
@@ -72,14 +73,16 @@ async def serve(config: ServerConfig) -> None:
     dataplane = DataPlane(executor, config.model_workers, limits, examples_limiter)
     authenticator = build_authenticator(config, limiter)
     defaults = ModelConfig(device=config.device, runtime=config.runtime, batching=config.batching)
+    root, refresh = open_repository(config.model_repository, config.model_cache_dir, config.poll_interval_s)
     manager = ModelManager(
-        config.model_repository,
+        root,
         registry,
         config.signature_name,
         defaults,
         load_version,
         dataplane.retire,
-        config.model_name,
+        refresh=refresh,
+        only=config.model_name,
     )
     shared_ports = config.workers > 1
     server = grpc.aio.server(
@@ -145,6 +148,12 @@ async def serve(config: ServerConfig) -> None:
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
+        if loading.exception() is not None:
+            # A repository that cannot be read at start (an s3:// bucket that is missing or denied): close the
+            # ports, then let the command report the error.
+            await server.stop(0)
+            if health_server is not None:
+                await health_server.stop(0)
         loading.result()
         await health.set(V1_INFERENCE, SERVING if registry.has_available() else NOT_SERVING)
         await health.set(OVERALL, SERVING)

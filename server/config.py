@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,6 +67,34 @@ def _upper(value: Any) -> Any:
 
 
 CommaList = Annotated[list[str], BeforeValidator(_split_commas)]
+S3_SCHEME = "s3://"
+# S3's bucket naming rules (3-63 characters: lower-case letters, digits, dots, hyphens).
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` as (bucket, prefix without slashes at either end). Raises ValueError."""
+    if not url.startswith(S3_SCHEME):
+        raise ValueError(f"{url!r} is not an s3:// URL")
+    bucket, _, prefix = url[len(S3_SCHEME) :].partition("/")
+    if not S3_BUCKET.match(bucket):
+        raise ValueError(f"{url!r}: {bucket!r} is not a valid S3 bucket name")
+    return bucket, prefix.strip("/")
+
+
+def _repository_location(value: Any) -> Any:
+    """A local directory as a Path, an object-store URL (``s3://bucket/prefix``, checked) as the text it is."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(S3_SCHEME):
+        parse_s3_url(value)
+        return value
+    if "://" in value:
+        raise ValueError(f"{value!r}: a model repository is a local directory or an s3://bucket/prefix URL")
+    return Path(value)
+
+
+RepositoryLocation = Annotated[Path | str, BeforeValidator(_repository_location)]
 
 
 class BatchingConfig(BaseModel):
@@ -210,8 +240,13 @@ class ServerConfig(BaseModel):
 
     host: str = Field("127.0.0.1", description="Address the gRPC server binds (0.0.0.0 for every interface).")
     port: int = Field(8500, ge=0, le=65535, description="gRPC port; 0 picks a free port and logs it.")
-    model_repository: Path = Field(
-        Path("models"), description="Root of the model repository: <root>/<model>/<version>/."
+    model_repository: RepositoryLocation = Field(
+        Path("models"),
+        description="Root of the model repository: <root>/<model>/<version>/, a directory or s3://bucket/prefix.",
+    )
+    model_cache_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "tensorgate-model-cache",
+        description="Where versions of an s3:// model repository are downloaded before they load.",
     )
     model_name: Annotated[str, StringConstraints(pattern=MODEL_NAME_PATTERN)] | None = Field(
         None,

@@ -108,7 +108,7 @@ class ServerProcess:
 
 
 def start_server(
-    repository: Path,
+    repository: Path | str,
     log_path: Path,
     *extra: str,
     gateway: bool = False,

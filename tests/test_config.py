@@ -138,3 +138,12 @@ def test_unknown_settings_are_errors_not_ignored(tmp_path: Path) -> None:
         load_config(environ={"TENSORGATE_BATCHING__MAX_BATCH": "8"})
     with pytest.raises(ConfigError, match=r"cannot read configuration file .*missing\.toml"):
         load_config(tmp_path / "missing.toml", environ={})
+
+
+def test_a_model_repository_is_a_directory_or_an_s3_url() -> None:
+    assert load_config(environ={"TENSORGATE_MODEL_REPOSITORY": "models"}).model_repository == Path("models")
+    url = "s3://my-bucket/team/models/"
+    assert load_config(flags={"model_repository": url}, environ={}).model_repository == url
+    for bad, message in [("s3://No_Bucket/x", "not a valid S3 bucket name"), ("ftp://host/models", "s3://bucket")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(flags={"model_repository": bad}, environ={})

@@ -31,6 +31,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
         "host",
         "port",
         "model_repository",
+        "model_cache_dir",
         "model_name",
         "poll_interval_s",
         "signature_name",
@@ -235,14 +236,19 @@ def _serve(args: argparse.Namespace) -> int:
             extra={"fields": {"host": config.host, "listeners": plaintext}},
         )
     repository = config.model_repository
-    if args.train_if_empty and not (repository.is_dir() and any(p.is_dir() for p in repository.iterdir())):
-        from tensorgate.server.reference.training import train_mnist
+    if isinstance(repository, Path):
+        if args.train_if_empty and not (repository.is_dir() and any(p.is_dir() for p in repository.iterdir())):
+            from tensorgate.server.reference.training import train_mnist
 
-        train_mnist(repository, REFERENCE_MODEL)
-    if not repository.is_dir():
-        raise FileNotFoundError(f"model repository {repository} does not exist (use --train-if-empty to create one)")
-    if config.model_name is not None and not (repository / config.model_name).is_dir():
-        raise FileNotFoundError(f"model {config.model_name} (model_name) is not a directory of {repository}")
+            train_mnist(repository, REFERENCE_MODEL)
+        if not repository.is_dir():
+            raise FileNotFoundError(
+                f"model repository {repository} does not exist (use --train-if-empty to create one)"
+            )
+        if config.model_name is not None and not (repository / config.model_name).is_dir():
+            raise FileNotFoundError(f"model {config.model_name} (model_name) is not a directory of {repository}")
+    elif args.train_if_empty:
+        raise ValueError(f"--train-if-empty needs a local model repository, not {repository}")
     # The supervisor itself never imports TensorFlow: the server children do.
     if args.worker_index is None and (config.gateway or config.workers > 1):
         from tensorgate.gateway.supervisor import supervise

@@ -13,7 +13,9 @@ the registry follows, keeping every model available on the way:
   new request resolves to it, drains its batcher, and is dropped.
 
 Reconciliation runs at start-up, every ``poll_interval_s`` when watching, and
-after each admin call; one at a time.
+after each admin call; one at a time. A repository in object storage is a local
+mirror (``mirror.py``) that ``refresh`` brings up to date before each full
+reconciliation; the manager only ever scans a directory.
 """
 
 from __future__ import annotations
@@ -58,9 +60,13 @@ class ModelManager:
         defaults: ModelConfig,
         load: Loader,
         on_retire: RetireHook,
+        *,
+        refresh: Callable[[], None] | None = None,
         only: str | None = None,
     ) -> None:
+        """``refresh`` (blocking, run on a thread) updates ``root`` from a remote repository before each scan."""
         self._root = root
+        self._refresh = refresh
         self._only = only  # the one model of the repository to serve (ServerConfig.model_name); None = every one
         self._registry = registry
         self._load_version = load
@@ -76,6 +82,8 @@ class ModelManager:
     async def reconcile_all(self) -> None:
         """Bring every model in line with the repository."""
         async with self._lock:
+            if self._refresh is not None:
+                await asyncio.to_thread(self._refresh)
             on_disk = scan_repository(self._root, self._only)
             for model in self._registry.model_names():
                 if model not in on_disk:

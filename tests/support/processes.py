@@ -146,7 +146,7 @@ class Stack:
 
 
 def start_stack(
-    repository: Path | None,
+    repository: Path | str | None,
     log_path: Path,
     *extra: str,
     gateway: bool = False,
@@ -157,8 +157,8 @@ def start_stack(
     append_log: bool = False,
     environment: Mapping[str, str] | None = None,
 ) -> Stack:
-    """`tensorgate serve` over ``repository`` on free loopback ports, ready: every replica SERVING and, with
-    ``gateway``, Envoy answering and routing to every replica.
+    """`tensorgate serve` over ``repository`` (a directory or an s3:// URL) on free loopback ports, ready: every
+    replica SERVING and, with ``gateway``, Envoy answering and routing to every replica.
 
     ``credentials`` and ``gateway_ssl`` are how to reach a server port or a gateway that speaks TLS; with
     ``health_port`` the replicas also answer plaintext health checks on ports of their own, which readiness uses.

@@ -231,7 +231,7 @@ def test_one_model_of_the_repository_is_all_that_is_served(setup: Setup) -> None
     write_versions(setup.root, "m", 1)
     write_versions(setup.root, "n", 1)
     manager = ModelManager(
-        setup.root, setup.registry, "serving_default", ModelConfig(), setup.loader, setup.dataplane.retire, "m"
+        setup.root, setup.registry, "serving_default", ModelConfig(), setup.loader, setup.dataplane.retire, only="m"
     )
     run(manager.reconcile_all)
     assert setup.registry.model_names() == ["m"] and setup.available() == [1]
