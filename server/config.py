@@ -342,7 +342,13 @@ class ServerConfig(BaseModel):
     rest_port: int = Field(
         8000, ge=0, le=65535, description="Port of the Open Inference Protocol (KServe v2, Triton) REST API; 0 = off."
     )
-    tfserving_rest_port: int = Field(8501, ge=0, le=65535, description="Port of TF Serving's REST API; 0 = off.")
+    tfserving_rest_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of TF Serving's REST API; 0 = off. TF Serving's is 8501, which the container image sets "
+        "(off by default here: replica i takes port+i, and 8501 is the second replica's gRPC port).",
+    )
     metrics_port: int = Field(8502, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint.")
     model_workers: int = Field(2, ge=1, description="Model calls run at once, on threads off the event loop.")
     device: str = Field(
