@@ -37,6 +37,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import struct
 import subprocess
 import sys
@@ -161,9 +162,17 @@ class Server:
         stop(self.process)
 
 
-def start_tensorgate(repository: Path, batching: bool, log: Path, *extra: str, replicas: int = 1) -> Server:
+def start_tensorgate(
+    repository: Path,
+    batching: bool,
+    log: Path,
+    *extra: str,
+    replicas: int = 1,
+    gateway_ssl: ssl.SSLContext | None = None,
+) -> Server:
     """The whole stack (supervisor, server replicas, Envoy) on free ports, once Envoy routes to every replica.
-    Readiness polls the replicas' plaintext health ports, which answer even when the server speaks mTLS."""
+    Readiness polls the replicas' plaintext health ports, which answer even when the server speaks mTLS, and Envoy
+    over TLS with ``gateway_ssl``."""
     stack = start_stack(
         repository,
         log,
@@ -173,6 +182,7 @@ def start_tensorgate(repository: Path, batching: bool, log: Path, *extra: str, r
         replicas=replicas,
         health_port=True,
         append_log=True,
+        gateway_ssl=gateway_ssl,
     )
     return Server(stack.process, stack.port, stack.metrics_port, stack.gateway_port)
 
@@ -410,8 +420,10 @@ def tls_cost(repository: Path, body: Path, rest_body: str, seconds: int, tmp: Pa
         "--upstream-tls-ca-file", str(pki.ca),
     )  # fmt: skip
     runs: dict[str, Any] = {}
-    for label, extra, scheme in (("plaintext", (), "http"), ("tls", tls_flags, "https")):
-        server = start_tensorgate(repository, True, log, *extra)
+    trusting_the_ca = ssl.create_default_context(cafile=str(pki.ca))
+    for label, extra, context in (("plaintext", (), None), ("tls", tls_flags, trusting_the_ca)):
+        scheme = "https" if context else "http"
+        server = start_tensorgate(repository, True, log, *extra, gateway_ssl=context)
         try:
             runs[label] = {
                 "grpc_c64": h2load(server.gateway_port, body, 16, seconds, tmp / f"tls-{label}.log", 4, scheme),
