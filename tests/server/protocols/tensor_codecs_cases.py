@@ -3,7 +3,7 @@ client), KServe v2 and TF Serving. Every dtype both ways, and every malformed te
 
 The TF Serving TensorProto comes from ``tensorflow.core.framework``, whose import runs TensorFlow's package
 ``__init__``: this module loads the TensorFlow runtime (a few seconds), though no test runs TensorFlow. The suite
-runs this file in a process of its own (``test_tensor_codecs.py`` says why)."""
+runs this file in a process of its own (``test_cases_in_processes_of_their_own.py`` says why)."""
 
 from __future__ import annotations
 

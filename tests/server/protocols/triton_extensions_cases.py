@@ -1,7 +1,7 @@
 """Triton's configuration, statistics and repository index built from what the server knows, on fakes (no
 TensorFlow): the mapping of tensorgate's signature and model.toml onto Triton's ModelConfig, of the statistics
 recorder onto ModelStatistics, of the registry onto the repository index, and the JSON Triton's HTTP API prints.
-``test_triton_extensions_builders.py`` runs these cases in a process of their own (see there why)."""
+``test_cases_in_processes_of_their_own.py`` runs these cases in a process of their own (see there why)."""
 
 from __future__ import annotations
 

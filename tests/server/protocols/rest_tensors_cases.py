@@ -1,6 +1,8 @@
 """The REST protocols' tensors without a server: every v2 datatype from JSON ``data`` (flat and nested) and from
 the binary tensor extension, read back exactly; values of the wrong kind, out of range or of the wrong count are
-refused with the tensor's name; TF Serving's JSON takes each dtype's values and ``b64`` bytes."""
+refused with the tensor's name; TF Serving's JSON takes each dtype's values and ``b64`` bytes.
+
+``test_cases_in_processes_of_their_own.py`` runs these cases in a process of their own (see there why)."""
 
 from __future__ import annotations
 
