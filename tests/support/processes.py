@@ -2,7 +2,7 @@
 
 Readiness is polled against the wall clock, never assumed after a fixed sleep: a replica is ready when its gRPC
 health check says SERVING, a gateway when it answers HTTP and Envoy's health checks pass every replica. A process
-that exits while it is awaited fails the wait at once, and a stack that does not start is killed.
+that exits while it is awaited fails the wait at once, and a stack that does not start is stopped, servers and Envoy included.
 
 The tests import it as ``support.processes`` (tests/ is on ``sys.path`` through the rootdir conftest); bench/ puts
 tests/ on ``sys.path`` to import the same module.
@@ -163,7 +163,8 @@ def start_stack(
     ``credentials`` and ``gateway_ssl`` are how to reach a server port or a gateway that speaks TLS; with
     ``health_port`` the replicas also answer plaintext health checks on ports of their own, which readiness uses.
     ``environment`` adds variables to the server's; a ``repository`` of None leaves the repository to them.
-    Output goes to ``log_path`` (appended with ``append_log``); a stack that does not start is killed.
+    Output goes to ``log_path`` (appended with ``append_log``); a stack that does not start is stopped (SIGTERM, so
+    that the supervisor stops its servers and Envoy too; SIGKILL if it does not exit).
     """
     port, metrics_port = free_port_block(replicas), free_port_block(replicas)
     command = [*CLI, "serve", "--port", str(port)]
@@ -196,7 +197,10 @@ def start_stack(
             wait_until_http_ok(f"{scheme}://127.0.0.1:{gateway_port}/openapi.json", process, gateway_ssl)
             wait_until_envoy_routes_to(f"http://127.0.0.1:{admin_port}", replicas, process)
     except Exception:
-        kill(process)
+        try:
+            stop(process, 30)  # SIGTERM: the supervisor takes its servers and Envoy down with it
+        except subprocess.TimeoutExpired:
+            kill(process)
         raise
     return stack
 
