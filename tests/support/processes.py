@@ -2,7 +2,8 @@
 
 Readiness is polled against the wall clock, never assumed after a fixed sleep: a replica is ready when its gRPC
 health check says SERVING, a gateway when it answers HTTP and Envoy's health checks pass every replica. A process
-that exits while it is awaited fails the wait at once, and a stack that does not start is stopped, servers and Envoy included.
+that exits while it is awaited fails the wait at once, and a stack that does not start is stopped, servers and
+Envoy included.
 
 The tests import it as ``support.processes`` (tests/ is on ``sys.path`` through the rootdir conftest); bench/ puts
 tests/ on ``sys.path`` to import the same module.
