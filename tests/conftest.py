@@ -197,6 +197,14 @@ def stack(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     assert stack.stop() == 0, stack.log()[-5000:]
 
 
+def add_key(keys_file: Path, name: str, scopes: str, models: str = "") -> str:
+    """A new API key from `tensorgate keys add` (the file keeps only its hash)."""
+    command = [*CLI, "keys", "add", name, "--scopes", scopes, "--models", models, "--file", str(keys_file)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
 @dataclass(frozen=True)
 class KeyedServer:
     """A server that requires API keys: one key with the admin and predict scopes, one with predict only."""
@@ -210,12 +218,7 @@ class KeyedServer:
 def keyed_server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyedServer]:
     directory = tmp_path_factory.mktemp("keyed")
     keys = directory / "keys.toml"
-
-    def add_key(name: str, scopes: str) -> str:
-        command = [*CLI, "keys", "add", name, "--scopes", scopes, "--file", str(keys)]
-        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout.strip()
-
-    admin_key, reader_key = add_key("ops", "admin,predict"), add_key("reader", "predict")
+    admin_key, reader_key = add_key(keys, "ops", "admin,predict"), add_key(keys, "reader", "predict")
     server = start_server(repository, directory / "server.log", "--api-keys-file", str(keys))
     yield KeyedServer(server, admin_key, reader_key)
     assert server.stop() == 0, server.log()

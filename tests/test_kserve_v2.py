@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import queue
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from tritonclient.utils import InferenceServerException
 from tensorgate.clients.client import TensorgateClient
 from tensorgate.clients.datasets import MnistData
 
-from conftest import CLI, ServerProcess, mnist_inputs, start_server
+from conftest import ServerProcess, add_key, mnist_inputs, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 1000
@@ -404,12 +403,8 @@ def test_same_authentication_as_tensorgates_own(repository: Path, tmp_path: Path
 
     shutil.copytree(repository / "mnist", tmp_path / "models" / "mnist")
     keys_file = tmp_path / "keys.toml"
-
-    def add_key(name: str, models: str) -> str:
-        command = [*CLI, "keys", "add", name, "--scopes", "predict", "--models", models, "--file", str(keys_file)]
-        return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
-
-    key, other_model_key = add_key("batch-job", ""), add_key("scorer-reader", "scorer")
+    key = add_key(keys_file, "batch-job", "predict")
+    other_model_key = add_key(keys_file, "scorer-reader", "predict", models="scorer")
     secured = start_server(tmp_path / "models", tmp_path / "server.log", "--api-keys-file", str(keys_file))
     x = np.zeros((1, 28, 28), np.float32)
     try:

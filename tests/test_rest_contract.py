@@ -25,7 +25,7 @@ import pytest
 
 from tensorgate.clients.datasets import MnistData
 
-from conftest import CLI, ServerProcess, mnist_inputs, start_server
+from conftest import ServerProcess, add_key, mnist_inputs, start_server
 
 CONTRACT = Path(__file__).resolve().parent / "contract"
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
@@ -46,12 +46,7 @@ def keyed(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     shutil.copytree(repository / "mnist", root / "mnist")
     work = tmp_path_factory.mktemp("contract")
     keys_file = work / "keys.toml"
-
-    def add_key(name: str, scopes: str) -> str:
-        command = [*CLI, "keys", "add", name, "--scopes", scopes, "--file", str(keys_file)]
-        return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
-
-    predict_key, admin_key = add_key("reader", "predict"), add_key("ops", "predict,admin")
+    predict_key, admin_key = add_key(keys_file, "reader", "predict"), add_key(keys_file, "ops", "predict,admin")
     stack = start_server(root, work / "stack.log", "--api-keys-file", str(keys_file), gateway=True)
     yield Keyed(stack, predict_key, admin_key)
     assert stack.stop() == 0, stack.log()[-5000:]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from tensorgate.clients.client import TensorgateClient
 from tensorgate.clients.datasets import MnistData
 
-from conftest import CLI, ServerProcess, mnist_inputs, start_server
+from conftest import ServerProcess, add_key, mnist_inputs, start_server
 from support.processes import wait_until as wait_for
 
 BATCH = 1000
@@ -342,12 +341,8 @@ def test_same_authentication_as_grpc(repository: Path, tmp_path: Path) -> None:
     """API keys guard the REST APIs as they guard gRPC (scopes, models); health stays open."""
     shutil.copytree(repository / "mnist", tmp_path / "models" / "mnist")
     keys_file = tmp_path / "keys.toml"
-
-    def add_key(name: str, models: str) -> str:
-        command = [*CLI, "keys", "add", name, "--scopes", "predict", "--models", models, "--file", str(keys_file)]
-        return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
-
-    key, other_model_key = add_key("batch-job", ""), add_key("scorer-reader", "scorer")
+    key = add_key(keys_file, "batch-job", "predict")
+    other_model_key = add_key(keys_file, "scorer-reader", "predict", models="scorer")
     secured = start_server(tmp_path / "models", tmp_path / "server.log", "--api-keys-file", str(keys_file))
     try:
         client = triton.InferenceServerClient(secured.rest_url.removeprefix("http://"))

@@ -26,22 +26,12 @@ from tensorgate.clients.client import ClientTls, TensorgateClient
 from tensorgate.v1 import model_service_pb2_grpc
 from tensorgate.v1.model_service_pb2 import ReloadModelRequest
 
-from conftest import CLI, ServerProcess, start_server
+from conftest import CLI, ServerProcess, add_key, start_server
 from jwt_tokens import TokenIssuer
 
 # A payload value distinctive enough to grep the logs for.
 MARKER = 0.123456789
 X = np.full((1, 28, 28), MARKER, np.float32)
-
-
-def add_key(keys_file: Path, name: str, scopes: str, models: str = "") -> str:
-    result = subprocess.run(
-        [*CLI, "keys", "add", name, "--scopes", scopes, "--models", models, "--file", str(keys_file)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 def wait_until_accepted(secured: Secured, key: str, timeout_s: float = 30) -> None:

@@ -11,7 +11,6 @@ This process never imports ``tensorgate.compat.kserve_v2`` (see tests/test_kserv
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException
 
-from conftest import CLI, ServerProcess, start_server
+from conftest import ServerProcess, add_key, start_server
 
 MNIST_TOML = """\
 version_policy = "all"
@@ -50,12 +49,8 @@ def secured(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     (models / "mnist" / "model.toml").write_text(MNIST_TOML)
     shutil.copytree(repository / "mnist" / "1", models / "digits" / "1")
     keys_file = root / "keys.toml"
-
-    def add_key(name: str, scopes: str) -> dict[str, str]:
-        command = [*CLI, "keys", "add", name, "--scopes", scopes, "--file", str(keys_file)]
-        return {"x-api-key": subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()}
-
-    admin, predictor = add_key("ops", "predict,admin"), add_key("batch-job", "predict")
+    admin = {"x-api-key": add_key(keys_file, "ops", "predict,admin")}
+    predictor = {"x-api-key": add_key(keys_file, "batch-job", "predict")}
     server = start_server(models, root / "server.log", "--api-keys-file", str(keys_file))
     yield Secured(server, admin, predictor)
     assert server.stop() == 0, server.log()[-3000:]
