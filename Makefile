@@ -14,12 +14,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Debian tools the tests, generators and benchmarks use: protoc-gen-swagger, Chromium, h2load, wrk, Prometheus,
-# and for the Go client: Go, protoc-gen-go(-grpc) and the Go gRPC/protobuf packages it builds against offline.
+# for the Go client: Go, protoc-gen-go(-grpc) and the Go gRPC/protobuf packages it builds against offline, and for
+# the images (tests/test_containers.py, deploy/containers.py): podman with runc, and debootstrap for a local base.
 system-packages:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-grpc-gateway chromium nghttp2-client wrk prometheus \
 		golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev golang-google-genproto-dev \
-		golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev >/dev/null
+		golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev podman runc debootstrap >/dev/null
 
 install-dev: system-packages install
 	$(VENV)/bin/pip install -q -e ".[server,dev]"

@@ -66,7 +66,14 @@ def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
 
 
+def _empty_as_unset(value: Any) -> Any:
+    """An empty value (``TENSORGATE_JWT__JWKS_FILE=``) unsets an optional file: the environment can turn off what a
+    mounted configuration file turns on, e.g. JWTs in a stack that has no identity provider's JWKS."""
+    return None if value == "" else value
+
+
 CommaList = Annotated[list[str], BeforeValidator(_split_commas)]
+OptionalPath = Annotated[Path | None, BeforeValidator(_empty_as_unset)]
 S3_SCHEME = "s3://"
 # S3's bucket naming rules (3-63 characters: lower-case letters, digits, dots, hyphens).
 S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -146,9 +153,9 @@ class TlsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cert_file: Path | None = Field(None, description="PEM certificate chain this side presents.")
-    key_file: Path | None = Field(None, description="PEM private key of cert_file.")
-    ca_file: Path | None = Field(
+    cert_file: OptionalPath = Field(None, description="PEM certificate chain this side presents.")
+    key_file: OptionalPath = Field(None, description="PEM private key of cert_file.")
+    ca_file: OptionalPath = Field(
         None,
         description="PEM CA bundle: on a listener, callers must present a certificate it signed (mTLS); "
         "on the gateway's upstream side, it verifies the server's certificate.",
@@ -177,7 +184,7 @@ class JwtConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    jwks_file: Path | None = Field(None, description="JWKS file of the issuer's public keys; unset = JWTs off.")
+    jwks_file: OptionalPath = Field(None, description="JWKS file of the issuer's public keys; unset = JWTs off.")
     issuer: str = Field("", description="Required `iss` claim.")
     audiences: CommaList = Field(["tensorgate"], description="Accepted `aud` values (comma-separated in env/flags).")
     algorithms: CommaList = Field(["RS256", "ES256"], description="Signature algorithms accepted (allow-list).")
@@ -299,7 +306,7 @@ class ServerConfig(BaseModel):
     service_name: str = Field(
         "", description="service.name of the server's spans; empty = OTEL_SERVICE_NAME, else tensorgate."
     )
-    api_keys_file: Path | None = Field(
+    api_keys_file: OptionalPath = Field(
         None, description="TOML file of hashed API keys and their scopes; unset = no authentication (loopback)."
     )
     rate_limit_per_key: float = Field(

