@@ -324,11 +324,11 @@ class Stack:
             self.envoy_image,
         ]
 
-    def tensorgate(self, *args: str, user: str = SERVER_USER, mounts: Sequence[str] = ()) -> str:
-        """Run a ``tensorgate`` command in a throwaway server container; its stdout."""
+    def tensorgate(self, *args: str, mounts: Sequence[str] = ()) -> str:
+        """Run a ``tensorgate`` command in a throwaway server container, as its user; its stdout."""
         volumes = [arg for mount in mounts for arg in ("--volume", mount)]
         return self.engine(
-            "run", "--rm", "--network", "none", "--user", user, *volumes, "--entrypoint", "tensorgate",
+            "run", "--rm", "--network", "none", "--user", SERVER_USER, *volumes, "--entrypoint", "tensorgate",
             self.server_image, *args,
         )  # fmt: skip
 
@@ -363,6 +363,7 @@ class Stack:
         script = (
             "chown -R 10001:10001 /own && chmod -R u=rwX,g=rX,o= /own"
             " && find /own -name '*.pem' ! -name '*-key.pem' -exec chmod o+r {} +"
+            # The certificates stay reachable for the host's user where the engine maps uid 10001 elsewhere.
             " && chmod o+x /own/*"
         )
         volumes = [arg for mount in mounts for arg in ("--volume", mount)]
@@ -448,7 +449,8 @@ class Stack:
         """Stop (SIGTERM, then the stop timeout) and remove every container of the stack."""
         for container in reversed(self.containers):
             if self.engine.state(container) is not None:
-                self.engine("rm", "--force", "--time", "45", container)
+                self.engine("stop", "-t", "45", container, timeout=60)
+                self.engine("rm", "--force", container)
 
 
 # --- command line ----------------------------------------------------------------------------------------------------

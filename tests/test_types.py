@@ -16,6 +16,7 @@ TARGETS = (
     ["protos/tensorgate/v1/codec.py", "protos/tensorgate/v1/tensors.py"],
     ["protos/generate.py"],
     ["deploy/generate.py"],
+    ["deploy/containers.py", "deploy/docker/requirements.py"],
     ["protos/tensorgate/__main__.py"],
 )
 

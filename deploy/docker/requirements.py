@@ -14,11 +14,12 @@ import re
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 SELF = re.compile(r"^tensorgate\s*\[([^\]]+)\]\s*$")
 
 
-def requirements(pyproject: dict, extra: str) -> list[str]:
+def requirements(pyproject: dict[str, Any], extra: str) -> list[str]:
     """The project's dependencies and those of ``extra`` (and of the extras it names), without duplicates."""
     project = pyproject["project"]
     extras = project.get("optional-dependencies", {})
