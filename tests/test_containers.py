@@ -324,14 +324,12 @@ def test_a_single_container_serves_a_mounted_repository_as_docker_run_does(
     models = tmp_path_factory.mktemp("single-models")
     models.chmod(0o755)
     shutil.copytree(repository / "mnist" / "1", models / "mnist" / "1")
-    grpc_port, gateway_port = free_port_block(2), free_port_block(2)
+    grpc_port, gateway_port = free_port_block(1), free_port_block(1)
     name = f"tgtest-single-{os.getpid()}"
+    # The README's command as it is, on this host's loopback: the image's own ports, network and environment.
     engine(
-        "run", "--detach", "--name", name, "--read-only", "--tmpfs", "/tmp", "--network", "host",
-        "--volume", f"{models}:/models:ro", "--env", f"TENSORGATE_PORT={grpc_port}",
-        "--env", f"TENSORGATE_GATEWAY_PORT={gateway_port}", "--env", f"TENSORGATE_REST_PORT={grpc_port + 1}",
-        "--env", "TENSORGATE_TFSERVING_REST_PORT=0", "--env", f"TENSORGATE_METRICS_PORT={gateway_port + 1}",
-        "--env", f"TENSORGATE_GATEWAY_ADMIN_PORT={free_port_block(1)}", containers.SERVER_IMAGE,
+        "run", "--detach", "--name", name, "--publish", f"127.0.0.1:{grpc_port}:8500",
+        "--publish", f"127.0.0.1:{gateway_port}:8080", "--volume", f"{models}:/models:ro", containers.SERVER_IMAGE,
     )  # fmt: skip
     try:
         with TensorgateClient(f"127.0.0.1:{grpc_port}") as client:
