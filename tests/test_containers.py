@@ -8,20 +8,17 @@ sources take seconds; the first build downloads TensorFlow). Skipped, saying why
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import signal
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import grpc
 import numpy as np
@@ -36,21 +33,13 @@ from conftest import mnist_inputs
 from jwt_tokens import TokenIssuer
 from support.load import Load
 from support.processes import free_port_block
+from support.scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 ISSUER = "https://login.example.com/"  # deploy/config/tensorgate.toml's jwt.issuer
 
 
-def load_containers() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("deploy_containers", ROOT / "deploy" / "containers.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-containers = load_containers()
+containers = load_script(ROOT / "deploy" / "containers.py", "deploy_containers")
 
 
 def why_podman_cannot_run() -> str | None:

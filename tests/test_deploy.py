@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jsonschema
@@ -34,6 +33,7 @@ from tensorgate.v1 import model_service_pb2
 from conftest import ROOT
 from jwt_tokens import TokenIssuer
 from support.dockerfiles import image_environment, instructions
+from support.scripts import load_script
 
 DEPLOY = ROOT / "deploy"
 DOCKERFILES = sorted((DEPLOY / "docker").glob("*.Dockerfile"))
@@ -54,16 +54,7 @@ MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].fu
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("deploy_generate", DEPLOY / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-GENERATE = load_generator()
+GENERATE = load_script(DEPLOY / "generate.py", "deploy_generate")
 
 
 @pytest.fixture
