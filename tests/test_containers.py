@@ -257,19 +257,27 @@ def test_killed_stopped_and_crashed_replicas_come_back_without_a_failed_request(
     try:
         wait_for(lambda: load.outcomes["OK"] > 20, "the load to get answers")
         # podman kill (SIGKILL): Envoy retries the calls it held on the other replica; `up` starts it again.
+        took: dict[str, float] = {}
+        started = time.monotonic()
         engine("kill", stack.server(0))
         wait_for(replica_down(stack, 0), "Envoy to drop the killed replica")
         stack.up(timeout_s=180)
+        took["kill"] = time.monotonic() - started
         # podman stop (SIGTERM, then the stop timeout): the replica drains, and `up` starts it again.
+        started = time.monotonic()
         engine("stop", stack.server(1), timeout=60)
         assert engine.state(stack.server(1)) == "exited"
         stack.up(timeout_s=180)
+        took["stop"] = time.monotonic() - started
         # A crash (the server's process killed from the host, not by the engine): the restart policy brings it back.
+        started = time.monotonic()
         restarts = engine.restarts(stack.server(0))
         pid = int(engine("container", "inspect", "--format", "{{.State.Pid}}", stack.server(0)))
         os.kill(pid, signal.SIGKILL)
+        wait_for(replica_down(stack, 0), "Envoy to drop the crashed replica")
         wait_for(lambda: engine.restarts(stack.server(0)) > restarts, "the engine to restart the crashed replica")
         wait_for(lambda: all_healthy(stack), "both replicas healthy again")
+        took["crash"] = time.monotonic() - started
         before = [running.examples(i, "1") for i in range(2)]
         answered = load.outcomes["OK"]
         wait_for(lambda: load.outcomes["OK"] > answered + 200, "answers with both replicas back")
@@ -277,7 +285,7 @@ def test_killed_stopped_and_crashed_replicas_come_back_without_a_failed_request(
     finally:
         outcomes = load.stop()
         channel.close()
-    print(f"outcomes {dict(outcomes)}; examples per replica in the last phase {before} -> {after}")
+    print(f"outcomes {dict(outcomes)}; back in (s) {took}; examples per replica, last phase {before} -> {after}")
     assert outcomes["OK"] > 100
     assert load.failed() == {}, dict(outcomes)
     assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)  # traffic spreads over both
