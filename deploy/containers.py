@@ -37,7 +37,7 @@ import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -341,7 +341,7 @@ class Stack:
             directory.mkdir(parents=True, exist_ok=True)
         made_key = None
         if not (secrets.pki / "ca.pem").is_file():
-            self.own(secrets.pki)
+            self.own(secrets.pki)  # writable by uid 10001, which `tensorgate certs` runs as
             self.tensorgate("certs", "--out", "/pki", "--hosts", "localhost,127.0.0.1", mounts=[f"{secrets.pki}:/pki"])
         if not (secrets.auth / "keys.toml").is_file():
             self.own(secrets.auth)
@@ -350,10 +350,11 @@ class Stack:
                 mounts=[f"{secrets.auth}:{AUTH_DIR}"],
             )  # fmt: skip
             made_key = output.strip().splitlines()[-1]
-        for name in MOUNTED_TLS_FILES:
-            if not (secrets.tls / name).is_file():
-                shutil.copy2(secrets.pki / name, secrets.tls / name)
-        self.own(secrets.tls, secrets.auth)
+        missing = [name for name in MOUNTED_TLS_FILES if not (secrets.tls / name).is_file()]
+        for name in missing:
+            shutil.copy2(secrets.pki / name, secrets.tls / name)
+        if missing or made_key:  # the copies are root's, a JWKS given with the key may be too
+            self.own(secrets.tls, secrets.auth)
         return made_key
 
     def own(self, *directories: Path) -> None:
@@ -484,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_image = make_base(engine) if args.local_base else args.base_image
         print("\n".join(build_images(engine, base_image, ca_bundle())))
     else:
-        ports = replace(Ports(), **{port.name: getattr(args, f"{port.name}_port") for port in fields(Ports)})
+        ports = Ports(**{port.name: getattr(args, f"{port.name}_port") for port in fields(Ports)})
         secrets = Secrets(args.secrets.resolve())
         stack = Stack(engine, args.models, secrets, args.name, ports, args.replicas)
         if args.command == "down":

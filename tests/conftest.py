@@ -66,6 +66,21 @@ def build_slow_model(path: Path, call_s: float = 0.2) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
+def build_checking_model(path: Path) -> None:
+    """A float32 model that refuses negative inputs with tf.debugging (an Assert op, which TFLite would drop)."""
+
+    import tensorflow as tf
+
+    class Checking(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            tf.debugging.assert_non_negative(x, message="x must be non-negative")
+            return {"y": x * 2.0}
+
+    module = Checking()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
 @dataclass
 class ServerProcess:
     """A tensorgate server running as a child process."""

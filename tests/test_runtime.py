@@ -23,7 +23,7 @@ from tensorgate.server.models.repository import VersionPath
 from tensorgate.server.runtimes.signature import Servable
 from tensorgate.server.runtimes.tflite import CACHE_DIR_NAME, convert
 
-from conftest import build_scorer_model, mnist_inputs
+from conftest import build_checking_model, build_scorer_model, mnist_inputs
 
 BATCH = 256
 
@@ -49,19 +49,6 @@ def build_determinant_model(path: Path) -> None:
             return {"det": tf.linalg.det(m)}
 
     module = Determinant()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
-
-
-def build_checking_model(path: Path) -> None:
-    """A float32 model that refuses negative inputs with tf.debugging (an Assert op, which TFLite would drop)."""
-
-    class Checking(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
-        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-            tf.debugging.assert_non_negative(x, message="x must be non-negative")
-            return {"y": x * 2.0}
-
-    module = Checking()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 

@@ -31,7 +31,7 @@ from tensorgate.server.models.model_config import ModelConfig
 from tensorgate.server.models.repository import VersionPath
 from tensorgate.v1.model_service_pb2 import ModelVersionState
 
-from conftest import ServerProcess, start_server
+from conftest import ServerProcess, build_checking_model, start_server
 
 AVAILABLE = ModelVersionState.MODEL_VERSION_STATE_AVAILABLE
 FAILED = ModelVersionState.MODEL_VERSION_STATE_FAILED
@@ -233,16 +233,8 @@ def test_npy_file_and_random_data(counting_source: Path, tmp_path: Path) -> None
 
 def test_a_model_error_at_warm_up_fails_the_load(tmp_path: Path) -> None:
     """A model that refuses negative inputs, warmed up with a negative one."""
-
-    class Checking(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
-        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-            tf.debugging.assert_non_negative(x, message="x must be non-negative")
-            return {"y": x * 2.0}
-
-    module = Checking()
     path = tmp_path / "checking" / "1"
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    build_checking_model(path)
     np.save(path / "warm.npy", -np.ones((2, 4), np.float32))
     config = ModelConfig.model_validate({"device": "cpu", "warmup": {"inputs": "warm.npy"}})
     with pytest.raises(ModelLoadError, match=r"(?s)^warm-up request 1 failed: InvalidArgumentError: .*non-negative"):

@@ -46,6 +46,7 @@ class Dtype:
     v1: DataType  # tensorgate.v1 DataType
     v2: str  # Open Inference Protocol v2 datatype
     tf: int  # TensorFlow DataType (types.proto)
+    tf_name: str  # its name there, as TF Serving's REST metadata prints it
 
     @property
     def is_string(self) -> bool:
@@ -53,19 +54,19 @@ class Dtype:
 
 
 DTYPES: tuple[Dtype, ...] = (
-    Dtype("float16", np.dtype("<f2"), DataType.DATA_TYPE_FLOAT16, "FP16", 19),  # DT_HALF
-    Dtype("float32", np.dtype("<f4"), DataType.DATA_TYPE_FLOAT32, "FP32", 1),  # DT_FLOAT
-    Dtype("float64", np.dtype("<f8"), DataType.DATA_TYPE_FLOAT64, "FP64", 2),  # DT_DOUBLE
-    Dtype("int8", np.dtype("i1"), DataType.DATA_TYPE_INT8, "INT8", 6),  # DT_INT8
-    Dtype("int16", np.dtype("<i2"), DataType.DATA_TYPE_INT16, "INT16", 5),  # DT_INT16
-    Dtype("int32", np.dtype("<i4"), DataType.DATA_TYPE_INT32, "INT32", 3),  # DT_INT32
-    Dtype("int64", np.dtype("<i8"), DataType.DATA_TYPE_INT64, "INT64", 9),  # DT_INT64
-    Dtype("uint8", np.dtype("u1"), DataType.DATA_TYPE_UINT8, "UINT8", 4),  # DT_UINT8
-    Dtype("uint16", np.dtype("<u2"), DataType.DATA_TYPE_UINT16, "UINT16", 17),  # DT_UINT16
-    Dtype("uint32", np.dtype("<u4"), DataType.DATA_TYPE_UINT32, "UINT32", 22),  # DT_UINT32
-    Dtype("uint64", np.dtype("<u8"), DataType.DATA_TYPE_UINT64, "UINT64", 23),  # DT_UINT64
-    Dtype("bool", np.dtype("?"), DataType.DATA_TYPE_BOOL, "BOOL", 10),  # DT_BOOL
-    Dtype("string", STRING_DTYPE, DataType.DATA_TYPE_STRING, "BYTES", 7),  # DT_STRING
+    Dtype("float16", np.dtype("<f2"), DataType.DATA_TYPE_FLOAT16, "FP16", 19, "DT_HALF"),
+    Dtype("float32", np.dtype("<f4"), DataType.DATA_TYPE_FLOAT32, "FP32", 1, "DT_FLOAT"),
+    Dtype("float64", np.dtype("<f8"), DataType.DATA_TYPE_FLOAT64, "FP64", 2, "DT_DOUBLE"),
+    Dtype("int8", np.dtype("i1"), DataType.DATA_TYPE_INT8, "INT8", 6, "DT_INT8"),
+    Dtype("int16", np.dtype("<i2"), DataType.DATA_TYPE_INT16, "INT16", 5, "DT_INT16"),
+    Dtype("int32", np.dtype("<i4"), DataType.DATA_TYPE_INT32, "INT32", 3, "DT_INT32"),
+    Dtype("int64", np.dtype("<i8"), DataType.DATA_TYPE_INT64, "INT64", 9, "DT_INT64"),
+    Dtype("uint8", np.dtype("u1"), DataType.DATA_TYPE_UINT8, "UINT8", 4, "DT_UINT8"),
+    Dtype("uint16", np.dtype("<u2"), DataType.DATA_TYPE_UINT16, "UINT16", 17, "DT_UINT16"),
+    Dtype("uint32", np.dtype("<u4"), DataType.DATA_TYPE_UINT32, "UINT32", 22, "DT_UINT32"),
+    Dtype("uint64", np.dtype("<u8"), DataType.DATA_TYPE_UINT64, "UINT64", 23, "DT_UINT64"),
+    Dtype("bool", np.dtype("?"), DataType.DATA_TYPE_BOOL, "BOOL", 10, "DT_BOOL"),
+    Dtype("string", STRING_DTYPE, DataType.DATA_TYPE_STRING, "BYTES", 7, "DT_STRING"),
 )
 BY_NAME: Mapping[str, Dtype] = {dtype.name: dtype for dtype in DTYPES}
 BY_V1: Mapping[int, Dtype] = {dtype.v1: dtype for dtype in DTYPES}

@@ -34,22 +34,6 @@ from tensorgate.v1.tensors import TensorCodecError
 PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 # /v1/models/{model}, with an optional /versions/{number} or /labels/{label}.
 MODEL = "/v1/models/{model:[^/:]+}{selector:(/versions/[0-9]+|/labels/[^/:]+)?}"
-# TensorFlow's DataType names (types.proto), by tensorgate's dtype name.
-_TF_NAMES = {
-    "float16": "DT_HALF",
-    "float32": "DT_FLOAT",
-    "float64": "DT_DOUBLE",
-    "int8": "DT_INT8",
-    "int16": "DT_INT16",
-    "int32": "DT_INT32",
-    "int64": "DT_INT64",
-    "uint8": "DT_UINT8",
-    "uint16": "DT_UINT16",
-    "uint32": "DT_UINT32",
-    "uint64": "DT_UINT64",
-    "bool": "DT_BOOL",
-    "string": "DT_STRING",
-}
 _STATES = {
     VersionState.LOADING: "LOADING",
     VersionState.AVAILABLE: "AVAILABLE",
@@ -77,7 +61,7 @@ def _signature(signature: Signature, model: str, requested: Any) -> Signature:
 def _tensor_info(info: TensorInfo) -> dict[str, Any]:
     dims = [{"size": str(size), "name": ""} for size in info.shape or ()]
     return {
-        "dtype": _TF_NAMES[tensors.BY_V1[info.dtype].name],
+        "dtype": tensors.BY_V1[info.dtype].tf_name,
         "tensor_shape": {"dim": dims, "unknown_rank": info.shape is None},
         "name": info.name,
     }

@@ -362,6 +362,7 @@ def tf_decode(tensor: tensor_pb2.TensorProto) -> np.ndarray:
 
 def test_the_tensorflow_column_holds_the_types_proto_values() -> None:
     assert {dtype.name: types_pb2.DataType.Name(dtype.tf) for dtype in tensors.DTYPES} == TF_NAMES
+    assert {dtype.name: dtype.tf_name for dtype in tensors.DTYPES} == TF_NAMES  # the names TF Serving's REST prints
     assert tfserving_codec.tf_dtype_of(DataType.DATA_TYPE_FLOAT16) == types_pb2.DT_HALF
 
 
