@@ -81,6 +81,17 @@ def build_checking_model(path: Path) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
+def scrape(metrics_url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a Prometheus /metrics page, keyed by (name, labels)."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 @dataclass
 class ServerProcess:
     """A tensorgate server running as a child process."""
@@ -101,14 +112,7 @@ class ServerProcess:
         return self.log_path.read_text()
 
     def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        """Every sample of /metrics, keyed by (name, labels)."""
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
-            text = response.read().decode()
-        return {
-            (sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
+        return scrape(self.metrics_url)
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample's value (0 when the series does not exist yet)."""

@@ -23,13 +23,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tensorgate.clients.client import ClientTls, TensorgateClient
 from tensorgate.clients.datasets import MnistData
 from tensorgate.v1.model_service_pb2 import ModelVersionState
 
-from conftest import mnist_inputs
+from conftest import mnist_inputs, scrape
 from jwt_tokens import TokenIssuer
 from support.load import Load
 from support.processes import free_port_block
@@ -140,19 +139,12 @@ class RunningStack:
         tls = ClientTls(pki / "ca.pem", pki / "client.pem", pki / "client-key.pem")
         return TensorgateClient(f"localhost:{self.stack.ports.grpc + index}", tls=tls, api_key=self.key)
 
-    def metrics(self, index: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        url = f"http://127.0.0.1:{self.stack.ports.metrics + index}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            text = answer.read().decode()
-        return {
-            (sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
-
     def examples(self, index: int, version: str) -> float:
-        labels = frozenset({"model": "mnist", "version": version}.items())
-        return self.metrics(index).get(("tensorgate_model_examples_total", labels), 0.0)
+        """Replica ``index``'s count of mnist examples answered by ``version``, from its /metrics."""
+        samples = scrape(f"http://127.0.0.1:{self.stack.ports.metrics + index}/metrics")
+        return samples.get(
+            ("tensorgate_model_examples_total", frozenset({"model": "mnist", "version": version}.items())), 0.0
+        )
 
 
 def stack_ports() -> containers.Ports:
